@@ -1,0 +1,1 @@
+"""Python client for the anytime service; imports neither ``model`` nor ``service``."""

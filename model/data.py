@@ -1,0 +1,220 @@
+"""Datasets decoded once into uint8 tensors, a seeded validation split, and batch augmentation.
+
+Two CPU cores cannot afford per-image PIL transforms in worker processes, so every image is
+decoded once up front (CIFAR's python pickles, or any folder of class subfolders through
+OpenCV) and augmentation works on whole batches in torch.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ImageSet",
+    "Split",
+    "augment_batch",
+    "iterate_batches",
+    "load_split",
+    "train_val_indices",
+]
+
+Split = Literal["train", "val", "test", "all"]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+DEFAULT_VAL_SIZE = 5000
+DEFAULT_VAL_SEED = 0
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as one uint8 tensor (N, 3, H, W, RGB), their labels and the class names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def subset(self, indices: Tensor) -> ImageSet:
+        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+
+
+def train_val_indices(n: int, val_size: int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_VAL_SEED) -> tuple[Tensor, Tensor]:
+    """The paper's protocol: hold out ``val_size`` training images, chosen by a seeded permutation.
+
+    The same (n, val_size, seed) always gives the same split, so thresholds fitted during
+    training and figures reported later refer to the same held-out images.
+    """
+    if not 0 < val_size < n:
+        raise ValueError(f"validation size {val_size} must be between 1 and {n - 1} for {n} images")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+# --- CIFAR python format ------------------------------------------------------------------
+
+
+def _unpickle(path: Path) -> dict:
+    with path.open("rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _is_cifar_python(root: Path) -> bool:
+    return (root / "batches.meta").exists() or ((root / "meta").exists() and (root / "train").is_file())
+
+
+def _load_cifar_python(root: Path, part: Literal["train", "test"]) -> ImageSet:
+    if (root / "batches.meta").exists():  # CIFAR-10
+        classes = tuple(_unpickle(root / "batches.meta")["label_names"])
+        files = sorted(root.glob("data_batch_*")) if part == "train" else [root / "test_batch"]
+        label_key = "labels"
+    else:  # CIFAR-100
+        classes = tuple(_unpickle(root / "meta")["fine_label_names"])
+        files = [root / part]
+        label_key = "fine_labels"
+    missing = [str(f) for f in files if not f.exists()]
+    if not files or missing:
+        raise FileNotFoundError(f"CIFAR {part} files missing under {root}: {missing or 'data_batch_*'}")
+    data, labels = [], []
+    for f in files:
+        batch = _unpickle(f)
+        data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(batch[label_key])
+    return ImageSet(torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long), classes)
+
+
+# --- image folders ------------------------------------------------------------------------
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"cannot decode image {path}")
+    return to_square_rgb(image, size)
+
+
+def to_square_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop a BGR image to a square, resize it to ``size`` and return it as CHW RGB uint8."""
+    h, w = bgr.shape[:2]
+    if h != w:
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        bgr = bgr[top : top + side, left : left + side]
+    if bgr.shape[0] != size:
+        interp = cv2.INTER_AREA if bgr.shape[0] > size else cv2.INTER_LINEAR
+        bgr = cv2.resize(bgr, (size, size), interpolation=interp)
+    return np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
+
+
+def _load_image_folder(root: Path, size: int, classes: tuple[str, ...] | None = None) -> ImageSet:
+    found = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not found:
+        raise FileNotFoundError(f"{root} holds no class subfolders")
+    classes = classes or found
+    unknown = set(found) - set(classes)
+    if unknown:
+        raise ValueError(f"{root} has classes the model does not know: {sorted(unknown)}")
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(p)
+                labels.append(index)
+    if not paths:
+        raise FileNotFoundError(f"no images found under {root}")
+    with ThreadPoolExecutor(max_workers=4) as pool:  # OpenCV decodes without the GIL
+        images = list(pool.map(lambda p: _read_rgb(p, size), paths))
+    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long), classes)
+
+
+def load_split(
+    path: str | Path,
+    split: Split,
+    *,
+    size: int = 32,
+    classes: tuple[str, ...] | None = None,
+    val_size: int = DEFAULT_VAL_SIZE,
+    val_seed: int = DEFAULT_VAL_SEED,
+) -> ImageSet:
+    """Load one split of a dataset in any supported layout.
+
+    ``path`` may be a CIFAR-10/100 python folder, a folder with ``train/`` (and ``test/``) class
+    folders, or a folder of class subfolders. ``train`` and ``val`` are the seeded partition of
+    the training images; ``test`` is the dataset's own test set; ``all`` is every training image.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist")
+    if split == "test":
+        if _is_cifar_python(root):
+            return _load_cifar_python(root, "test")
+        if (root / "test").is_dir():
+            return _load_image_folder(root / "test", size, classes)
+        raise FileNotFoundError(f"{root} has no test split; use --split val (held out) or --split all")
+    if _is_cifar_python(root):
+        pool = _load_cifar_python(root, "train")
+    elif (root / "train").is_dir():
+        pool = _load_image_folder(root / "train", size, classes)
+    else:
+        pool = _load_image_folder(root, size, classes)
+    if split == "all":
+        return pool
+    train_idx, val_idx = train_val_indices(len(pool), val_size, val_seed)
+    return pool.subset(train_idx if split == "train" else val_idx)
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """uint8 NCHW -> float32 NCHW, scaled to [0, 1] and standardised per channel."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float().div_(255.0) - m) / s
+
+
+def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units, for datasets without published statistics."""
+    x = images.float().div_(255.0)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3))
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def augment_batch(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crop with zero padding plus horizontal flip, for a whole uint8 batch at once."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    rows = (dy + torch.arange(h)).view(n, 1, h, 1)
+    cols = (dx + torch.arange(w)).view(n, 1, 1, w)
+    flip = torch.rand(n, generator=generator) < 0.5
+    cols = torch.where(flip.view(n, 1, 1, 1), cols.flip(-1), cols)
+    batch = torch.arange(n).view(n, 1, 1, 1)
+    chans = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+def iterate_batches(
+    data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (uint8 images, labels) batches; the last one may be smaller."""
+    n = len(data)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        yield data.images[idx], data.labels[idx]

@@ -1,0 +1,244 @@
+"""Training: joint loss over all exits, SGD with Nesterov momentum, resumable every epoch.
+
+Everything a run needs to continue after a kill lives in ``OUT/checkpoint.safetensors`` (model,
+momentum buffers, the augmentation RNG) and ``OUT/checkpoint.json`` (epoch, options). After every
+epoch the run also exports ``OUT/model.safetensors`` with its card (validation accuracy per exit,
+fitted budgeted-batch thresholds), so the latest weights are always usable.
+
+Beyond the paper's recipe, ``--distill ALPHA`` distils the last exit into the earlier ones
+(IMTA, Li et al. 2019): exit k < K learns from (1-ALPHA) * CE + ALPHA * T^2 * KL(last || k).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from model.budget import fit_curve
+from model.config import get_config
+from model.data import ImageSet, augment_batch, channel_stats, iterate_batches, load_split, normalize
+from model.evaluate import exit_probabilities
+from model.msdnet import MSDNet
+from model.weights import ExitInfo, ThresholdSet, new_card, save_model
+
+__all__ = ["TrainOptions", "train"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    preset: str
+    data: str
+    out: str
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 0.1
+    schedule: str = "step"  # "step" (x0.1 at 50 % and 75 %) or "cosine" (with a 1-epoch warm-up)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    exit_weights: tuple[float, ...] = ()  # empty: uniform, as in the paper
+    distill: float = 0.0
+    distill_temperature: float = 3.0
+    bf16: bool = True
+    threads: int = 0  # 0: leave torch's default
+    seed: int = 0
+    limit: int = 0  # train on a seeded random N of the training images (smoke tests)
+    val_size: int = 5000
+    extra: dict = field(default_factory=dict)
+
+
+def lr_at(opts: TrainOptions, progress: float, steps_per_epoch: int) -> float:
+    """Learning rate at ``progress`` epochs into the run (fractional)."""
+    if opts.schedule == "cosine":
+        warmup = min(1.0, opts.epochs / 10)
+        if progress < warmup:
+            return opts.lr * (progress + 1 / steps_per_epoch) / warmup
+        return 0.5 * opts.lr * (1 + math.cos(math.pi * (progress - warmup) / (opts.epochs - warmup)))
+    if opts.schedule == "step":
+        return opts.lr * (0.1 ** (int(progress >= 0.5 * opts.epochs) + int(progress >= 0.75 * opts.epochs)))
+    raise ValueError(f"unknown schedule {opts.schedule!r}; use step or cosine")
+
+
+def joint_loss(logits: list[Tensor], labels: Tensor, opts: TrainOptions) -> Tensor:
+    weights = opts.exit_weights or (1.0,) * len(logits)
+    if len(weights) != len(logits):
+        raise ValueError(f"{len(weights)} exit weights for {len(logits)} exits")
+    logits = [z.float() for z in logits]
+    teacher = None
+    if opts.distill > 0:
+        teacher = F.softmax(logits[-1].detach() / opts.distill_temperature, dim=1)
+    total = logits[0].new_zeros(())
+    for k, (z, w) in enumerate(zip(logits, weights)):
+        ce = F.cross_entropy(z, labels)
+        if teacher is not None and k < len(logits) - 1:
+            t = opts.distill_temperature
+            kd = F.kl_div(F.log_softmax(z / t, dim=1), teacher, reduction="batchmean") * t * t
+            ce = (1 - opts.distill) * ce + opts.distill * kd
+        total = total + w * ce
+    return total
+
+
+class _Progress:
+    """One self-overwriting status line on stderr: loss and running accuracy per exit."""
+
+    def __init__(self, total: int, epoch: int, epochs: int) -> None:
+        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.start = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last_print = 0.0
+
+    def update(self, done: int, loss: float, accs: list[float]) -> None:
+        now = time.monotonic()
+        if now - self.last_print < (0.5 if self.tty else 30.0) and done < self.total:
+            return
+        self.last_print = now
+        rate = done / max(now - self.start, 1e-9)
+        acc = " ".join(f"{a * 100:.0f}" for a in accs)
+        line = f"epoch {self.epoch}/{self.epochs} {done}/{self.total} loss {loss:.3f} acc% [{acc}] {rate:.0f} img/s"
+        sys.stderr.write(("\r" + line) if self.tty else line + "\n")
+        if self.tty and done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _save_checkpoint(out: Path, model: MSDNet, optim: torch.optim.Optimizer, gen: torch.Generator, state: dict) -> None:
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    for i, p in enumerate(model.parameters()):
+        buf = optim.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"optim.{i}"] = buf.contiguous()
+    tensors["rng.augment"] = gen.get_state()
+    tmp = out / "checkpoint.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(out / "checkpoint.safetensors")  # atomic: a kill never leaves half a checkpoint
+    (out / "checkpoint.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _load_checkpoint(out: Path, model: MSDNet, optim: torch.optim.Optimizer, gen: torch.Generator) -> dict:
+    tensors = load_file(str(out / "checkpoint.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(model.parameters()):
+        if f"optim.{i}" in tensors:
+            optim.state[p]["momentum_buffer"] = tensors[f"optim.{i}"].clone()
+    gen.set_state(tensors["rng.augment"])
+    return json.loads((out / "checkpoint.json").read_text())
+
+
+def validate(model: MSDNet, val: ImageSet, mean: tuple, std: tuple) -> tuple[Tensor, list[float]]:
+    probs = exit_probabilities(model, val, mean, std)
+    accs = [float((p.argmax(1) == val.labels).float().mean()) for p in probs]
+    return probs, accs
+
+
+def train(opts: TrainOptions, resume: bool = False) -> Path:
+    """Run (or continue) training; returns the exported weights path."""
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    train_set = load_split(opts.data, "train", val_size=opts.val_size)
+    val_set = load_split(opts.data, "val", val_size=opts.val_size, classes=train_set.classes)
+    if opts.limit:
+        pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(opts.seed))
+        train_set = train_set.subset(pick[: opts.limit].sort().values)
+    mean, std = channel_stats(train_set.images)
+    config = get_config(opts.preset, num_classes=len(train_set.classes))
+    model = MSDNet(config).to(memory_format=torch.channels_last)
+    optim = torch.optim.SGD(
+        model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, nesterov=True
+    )
+    gen = torch.Generator().manual_seed(opts.seed)
+    start_epoch = 0
+    if resume and (out / "checkpoint.safetensors").exists():
+        state = _load_checkpoint(out, model, optim, gen)
+        start_epoch = state["epoch"]
+        print(json.dumps({"resumed_from_epoch": start_epoch}), flush=True)
+    steps = math.ceil(len(train_set) / opts.batch_size)
+    metrics_file = (out / "metrics.jsonl").open("a")
+    for epoch in range(start_epoch, opts.epochs):
+        model.train()
+        bar = _Progress(len(train_set), epoch + 1, opts.epochs)
+        seen, loss_sum, correct = 0, 0.0, [0] * model.num_exits
+        t0 = time.monotonic()
+        for step, (images, labels) in enumerate(
+            iterate_batches(train_set, opts.batch_size, shuffle=True, generator=gen)
+        ):
+            lr = lr_at(opts, epoch + step / steps, steps)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            x = normalize(augment_batch(images, gen), mean, std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.bf16):
+                logits = model(x)
+            loss = joint_loss(logits, labels, opts)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            seen += labels.numel()
+            loss_sum += float(loss.detach()) * labels.numel()
+            for k, z in enumerate(logits):
+                correct[k] += int((z.argmax(1) == labels).sum())
+            bar.update(seen, loss_sum / seen, [c / seen for c in correct])
+        train_seconds = time.monotonic() - t0
+        probs, val_acc = validate(model, val_set, mean, std)
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "loss": round(loss_sum / seen, 5),
+            "train_accuracy": [round(c / seen, 5) for c in correct],
+            "val_accuracy": [round(a, 5) for a in val_acc],
+            "images_per_s": round(seen / train_seconds, 1),
+            "epoch_seconds": round(time.monotonic() - t0, 1),
+        }
+        print(json.dumps(record), flush=True)
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        _export(out, model, opts, train_set, val_set, mean, std, probs, val_acc, epoch + 1)
+        _save_checkpoint(out, model, optim, gen, {"epoch": epoch + 1, "options": asdict(opts)})
+    metrics_file.close()
+    return out / "model.safetensors"
+
+
+def _export(
+    out: Path,
+    model: MSDNet,
+    opts: TrainOptions,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    mean: tuple,
+    std: tuple,
+    probs: Tensor,
+    val_acc: list[float],
+    epoch: int,
+) -> None:
+    card = new_card(opts.preset, model, train_set.classes, mean, std)
+    curve = fit_curve(probs, val_set.labels, card.exit_mflops)
+    card = card.model_copy(
+        update={
+            "exits": [ExitInfo(**{**e.model_dump(), "val_accuracy": round(a, 5)}) for e, a in zip(card.exits, val_acc)],
+            "thresholds": [
+                ThresholdSet(
+                    p=pt.p,
+                    thresholds=[min(t, 1e9) for t in pt.thresholds],
+                    val_avg_mflops=round(pt.avg_mflops, 4),
+                    val_accuracy=round(pt.accuracy, 5),
+                )
+                for pt in curve
+            ],
+            "validation": {"size": len(val_set), "seed": 0, "source": "held out from the training split"},
+            "training": {
+                "epochs_done": epoch,
+                "options": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")},
+            },
+        }
+    )
+    model.eval()
+    save_model(model, card, out / "model.safetensors")

@@ -1,0 +1,1 @@
+"""The real-time anytime-prediction service: cameras, deadline engine, websocket and HTTP API."""

@@ -1,0 +1,59 @@
+"""Dataset loading in both layouts, the seeded validation split and batch augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.data import augment_batch, load_split, train_val_indices
+
+
+def test_validation_split_is_seeded_and_disjoint() -> None:
+    train_a, val_a = train_val_indices(1000, 100, seed=0)
+    train_b, val_b = train_val_indices(1000, 100, seed=0)
+    assert torch.equal(val_a, val_b) and torch.equal(train_a, train_b)
+    assert len(val_a) == 100 and len(train_a) == 900
+    assert not set(val_a.tolist()) & set(train_a.tolist())
+    _, val_c = train_val_indices(1000, 100, seed=1)
+    assert not torch.equal(val_a, val_c)
+    with pytest.raises(ValueError, match="validation size"):
+        train_val_indices(10, 10)
+
+
+def test_cifar_python_format(cifar10_python: Path) -> None:
+    train = load_split(cifar10_python, "train", val_size=20)
+    val = load_split(cifar10_python, "val", val_size=20)
+    test = load_split(cifar10_python, "test")
+    assert len(train) == 180 and len(val) == 20 and len(test) == 40
+    assert train.images.shape[1:] == (3, 32, 32) and train.images.dtype == torch.uint8
+    assert train.classes == ("airplane", "automobile", "bird")
+
+
+def test_image_folder_resizes_and_labels_by_sorted_folder(image_folder: Path) -> None:
+    data = load_split(image_folder, "all")
+    assert len(data) == 180
+    assert data.images.shape[1:] == (3, 32, 32)
+    assert data.classes == ("class_0", "class_1", "class_2")
+    with pytest.raises(FileNotFoundError, match="no test split"):
+        load_split(image_folder, "test")
+
+
+def test_shared_cifar10_folder_gives_the_standard_label_order(shared_cifar10: Path) -> None:
+    names = sorted(p.name for p in shared_cifar10.iterdir())
+    assert names[0] == "airplane" and names[-1] == "truck" and len(names) == 10
+
+
+def test_augmentation_crops_and_flips_whole_batches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).to(torch.uint8)
+    out = augment_batch(images, gen)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    # Every output is a shifted (maybe mirrored) window of the zero-padded input.
+    different = sum(not torch.equal(out[i], images[i]) for i in range(2))
+    assert different >= 1
+    ones = torch.full((64, 3, 32, 32), 255, dtype=torch.uint8)
+    crops = augment_batch(ones, gen)
+    zero_rows = (crops == 0).flatten(1).any(1)
+    assert zero_rows.any() and not zero_rows.all()  # some crops reach into the padding, not all

@@ -1,0 +1,73 @@
+"""Training on tiny data: the loss falls, a killed run resumes, the export is usable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.train import TrainOptions, joint_loss, lr_at, train
+from model.weights import load_model
+
+
+def _opts(data: Path, out: Path, epochs: int, **kw) -> TrainOptions:
+    return TrainOptions(
+        preset="msdnet-cifar-budgeted",
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        batch_size=32,
+        lr=0.05,
+        schedule="cosine",
+        val_size=30,
+        bf16=False,
+        **kw,
+    )
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_short_run_lowers_the_loss_and_resumes(cifar10_python: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(_opts(cifar10_python, out, epochs=2))
+    first = _records(out)
+    assert [r["epoch"] for r in first] == [1, 2]
+    assert first[1]["loss"] < first[0]["loss"]
+    # A longer schedule with --resume continues from epoch 2, not from scratch.
+    train(_opts(cifar10_python, out, epochs=3), resume=True)
+    records = _records(out)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[2]["loss"] < records[0]["loss"]
+    _model, card = load_model(out / "model.safetensors")
+    assert card.training["epochs_done"] == 3
+    assert len(card.thresholds) == 39 and all(e.val_accuracy is not None for e in card.exits)
+    assert card.classes == ["airplane", "automobile", "bird"]
+
+
+def test_distillation_changes_only_the_early_exits() -> None:
+    torch.manual_seed(0)
+    logits = [torch.randn(8, 5, requires_grad=True) for _ in range(3)]
+    labels = torch.randint(0, 5, (8,))
+    base = TrainOptions(preset="x", data="", out="")
+    plain = joint_loss(logits, labels, base)
+    distilled = joint_loss(logits, labels, TrainOptions(preset="x", data="", out="", distill=0.5))
+    assert not torch.isclose(plain, distilled)
+    distilled.backward()
+    assert all(z.grad is not None for z in logits)
+    with pytest.raises(ValueError, match="exit weights"):
+        joint_loss(logits, labels, TrainOptions(preset="x", data="", out="", exit_weights=(1.0, 1.0)))
+
+
+def test_schedules() -> None:
+    opts = TrainOptions(preset="x", data="", out="", epochs=10, lr=0.1, schedule="step")
+    assert lr_at(opts, 0, 100) == pytest.approx(0.1)
+    assert lr_at(opts, 5, 100) == pytest.approx(0.01)
+    assert lr_at(opts, 7.5, 100) == pytest.approx(0.001)
+    cos = TrainOptions(preset="x", data="", out="", epochs=10, lr=0.1, schedule="cosine")
+    assert lr_at(cos, 0, 100) < lr_at(cos, 0.9, 100) <= 0.1
+    assert lr_at(cos, 9.99, 100) < 0.001

@@ -1,0 +1,73 @@
+"""safetensors + card round trip, the shipped weights, and clear errors for mismatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import get_config
+from model.msdnet import MSDNet
+from model.weights import DEFAULT_WEIGHTS, CardMismatchError, load_model, new_card, save_model
+
+
+def _save(tmp_path: Path, preset: str = "msdnet-cifar-budgeted", classes: int = 3) -> Path:
+    torch.manual_seed(0)
+    model = MSDNet(get_config(preset, classes)).eval()
+    card = new_card(preset, model, [f"c{i}" for i in range(classes)], (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return save_model(model, card, tmp_path / "m.safetensors")
+
+
+def test_round_trip_keeps_weights_and_card(tmp_path: Path) -> None:
+    path = _save(tmp_path)
+    model, card = load_model(path)
+    torch.manual_seed(0)
+    reference = MSDNet(get_config("msdnet-cifar-budgeted", 3)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(model(x), reference(x)):
+            torch.testing.assert_close(a, b)
+    assert card.classes == ["c0", "c1", "c2"] and card.input_size == 32
+    assert [e.exit for e in card.exits] == [1, 2, 3, 4, 5]
+    assert path.read_bytes()[:8] != b"\x80\x04\x95"  # not a pickle
+
+
+def test_card_that_does_not_fit_the_weights_is_refused(tmp_path: Path) -> None:
+    path = _save(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["config"]["num_classes"] = 4
+    card["classes"] = ["a", "b", "c", "d"]
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(
+        CardMismatchError, match=r"exits.0.linear.bias has shape \(3,\), card.s architecture needs \(4,\)"
+    ):
+        load_model(path)
+
+
+def test_card_for_another_architecture_is_refused(tmp_path: Path) -> None:
+    path = _save(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["config"] = get_config("msdnet-cifar-anytime", 3).to_dict()
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CardMismatchError, match="does not fit its card"):
+        load_model(path)
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="weights file"):
+        load_model(tmp_path / "nope.safetensors")
+    path = _save(tmp_path)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match="model card"):
+        load_model(path)
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="no shipped weights yet")
+def test_shipped_weights_load_with_a_complete_card() -> None:
+    _model, card = load_model("default")
+    assert card.preset == "msdnet-cifar-anytime" and len(card.classes) == 10
+    assert all(e.val_accuracy is not None for e in card.exits)
+    assert len(card.thresholds) == 39
+    assert DEFAULT_WEIGHTS.stat().st_size < 15e6
