@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from client.cli import add_commands as add_client_commands
 from model.cli import add_commands as add_model_commands
+from service.serve import add_commands as add_serve_commands
 
 __all__ = ["main"]
 
@@ -17,7 +19,9 @@ __all__ = ["main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anytime", description="Anytime-prediction video classification")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_commands(sub)
     add_model_commands(sub)
+    add_client_commands(sub)
     return parser
 
 

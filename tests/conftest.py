@@ -65,3 +65,43 @@ def shared_cifar10() -> Path:
     if not CIFAR10_FOLDER.is_dir():
         pytest.skip("../shared/datasets/cifar10 is not present")
     return CIFAR10_FOLDER
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier():
+    """An untrained 5-exit MSDNet wrapped for the service: real model code, fast to build."""
+    import torch
+
+    from model.config import get_config
+    from model.msdnet import MSDNet
+    from model.weights import new_card
+    from service.classifier import AnytimeClassifier
+
+    torch.manual_seed(0)
+    model = MSDNet(get_config("msdnet-cifar-budgeted", 10)).eval()
+    card = new_card("msdnet-cifar-budgeted", model, CIFAR10_CLASSES, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    return AnytimeClassifier(model, card)
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand; ``sleep`` just advances it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock() -> FakeClock:
+    return FakeClock()

@@ -1,0 +1,227 @@
+"""The one thread that owns the model and runs jobs exit by exit, earliest deadline first.
+
+A job is a batch of images with a deadline: the frames of one camera tick, or one /classify
+request. The engine advances the most urgent job by one block at a time. Before a block it asks
+the latency model whether the block can finish by the job's deadline and, if not, closes the job
+with the deepest exit it has. Between layers it stops a block when the deadline passes, when a
+newer tick supersedes the job, or when a more urgent job is waiting; the interrupted block is
+kept and resumes later, so preemption costs nothing.
+
+The engine never awaits anything: results leave through the callbacks each job carries, which
+must be quick and thread-safe (the result board, or ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from model.msdnet import AnytimeStepper
+from service.classifier import AnytimeClassifier, ExitResult
+from service.latency import LatencyModel
+
+__all__ = ["Engine", "Job", "JobKind", "Outcome"]
+
+log = logging.getLogger(__name__)
+Clock = Callable[[], float]
+
+
+class JobKind(StrEnum):
+    TICK = "tick"
+    CLASSIFY = "classify"
+
+
+class Outcome(StrEnum):
+    COMPLETE = "complete"  # reached its last (or requested) exit
+    DEADLINE = "deadline"  # the next block would not finish in time
+    SUPERSEDED = "superseded"  # a newer tick replaced it
+    STOPPED = "stopped"  # the engine is shutting down
+    ERROR = "error"
+
+
+@dataclass(eq=False)
+class Job:
+    """Engine-owned, mutable state of one unit of work. Callbacks run on the engine thread."""
+
+    kind: JobKind
+    images: list[np.ndarray]
+    deadline: float  # monotonic seconds
+    on_exit: Callable[[Job, list[ExitResult]], None]
+    on_done: Callable[[Job, Outcome], None]
+    min_exits: int = 0  # exits to reach whatever the deadline (1 for /classify)
+    max_exits: int | None = None  # stop after this exit (a forced exit)
+    context: Any = None  # caller's bookkeeping, e.g. the cameras' frames
+    seq: int = 0
+    superseded: bool = False
+    exits_done: int = 0
+    compute_s: float = 0.0
+    latest: list[ExitResult] = field(default_factory=list)
+    stepper: AnytimeStepper | None = None
+    block_interrupted: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        classifier: AnytimeClassifier,
+        latency: LatencyModel | None = None,
+        clock: Clock = time.monotonic,
+        metrics: Any = None,
+    ) -> None:
+        self.classifier = classifier
+        self.latency = latency or LatencyModel()
+        self.clock = clock
+        self.metrics = metrics
+        self._jobs: list[Job] = []
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._current_tick: Job | None = None
+        self._seq = itertools.count()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def warm_up(self, batch_sizes: list[int], rounds: int = 3) -> None:
+        """Run full passes so the latency model starts with real measurements."""
+        size = self.classifier.card.input_size
+        for bs in sorted(set(batch_sizes)):
+            images = [np.zeros((size, size, 3), np.uint8)] * bs
+            for r in range(rounds + 1):
+                stepper = self.classifier.model.stepper(self.classifier.preprocess(images))
+                for block in range(self.classifier.exits_total):
+                    t0 = time.perf_counter()
+                    stepper.advance()
+                    if r:  # the first round pays one-off allocation costs
+                        self.latency.record(block, bs, time.perf_counter() - t0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="anytime-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            leftover, self._jobs = self._jobs, []
+        for job in leftover:
+            self._finish(job, Outcome.STOPPED)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- submitting --------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        job.seq = next(self._seq)
+        with self._cond:
+            if self._stop.is_set():
+                raise RuntimeError("engine is stopped")
+            if job.kind is JobKind.TICK:
+                if self._current_tick is not None:
+                    self._current_tick.superseded = True
+                self._current_tick = job
+            self._jobs.append(job)
+            self._cond.notify()
+        return job
+
+    def pending(self, kind: JobKind | None = None) -> int:
+        with self._cond:
+            return sum(1 for j in self._jobs if kind is None or j.kind is kind)
+
+    def estimated_wait(self, deadline: float) -> float:
+        """Seconds of model time owed to queued jobs more urgent than ``deadline`` before they
+        reach their guaranteed exits: what a new job with that deadline would wait for."""
+        with self._cond:
+            jobs = [j for j in self._jobs if j.deadline <= deadline and j.exits_done < j.min_exits]
+        return sum(self.latency.predict_total(j.exits_done, j.min_exits - 1, len(j.images)) for j in jobs)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _next_job(self) -> Job | None:
+        with self._cond:
+            while not self._jobs and not self._stop.is_set():
+                self._cond.wait(0.5)
+            if self._stop.is_set():
+                return None
+            # Earliest deadline first; jobs owed a guaranteed exit go before those that are not.
+            return min(self._jobs, key=lambda j: (j.deadline, j.seq))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job = self._next_job()
+            if job is None:
+                break
+            try:
+                self._step(job)
+            except Exception:
+                log.exception("engine job failed")
+                self._finish(job, Outcome.ERROR)
+
+    def _step(self, job: Job) -> None:
+        if job.superseded and job.exits_done >= job.min_exits:
+            self._finish(job, Outcome.SUPERSEDED)
+            return
+        limit = min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)
+        if job.exits_done >= limit:
+            self._finish(job, Outcome.COMPLETE)
+            return
+        guaranteed = job.exits_done < job.min_exits
+        t0 = self.clock()
+        if not guaranteed:
+            predicted = self.latency.predict(job.exits_done, len(job.images))
+            if t0 + predicted > job.deadline:
+                self._finish(job, Outcome.DEADLINE)
+                return
+        if job.stepper is None:
+            job.stepper = self.classifier.model.stepper(self.classifier.preprocess(job.images))
+        block = job.exits_done
+        out = job.stepper.advance(lambda: self._should_yield(job, guaranteed))
+        elapsed = self.clock() - t0
+        job.compute_s += elapsed
+        if out is None:
+            job.block_interrupted = True
+            return
+        if not job.block_interrupted:
+            self.latency.record(block, len(job.images), elapsed)
+        job.block_interrupted = False
+        job.exits_done = out.exit
+        job.latest = self.classifier.results(out.exit, out.logits)
+        job.on_exit(job, job.latest)
+        if job.exits_done >= limit:
+            self._finish(job, Outcome.COMPLETE)
+
+    def _should_yield(self, job: Job, guaranteed: bool) -> bool:
+        """Checked between layers: give up the model now?"""
+        if self._stop.is_set():
+            return True
+        with self._cond:
+            urgent = any(j.deadline < job.deadline and j is not job for j in self._jobs)
+        if urgent:
+            return True  # the block is kept and resumes after the more urgent job
+        if guaranteed:
+            return False
+        return job.superseded or self.clock() >= job.deadline
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        with self._cond:
+            if job in self._jobs:
+                self._jobs.remove(job)
+            if self._current_tick is job:
+                self._current_tick = None
+        job.stepper = None  # free the feature maps now
+        try:
+            job.on_done(job, outcome)
+        except Exception:
+            log.exception("job completion callback failed")

@@ -1,0 +1,110 @@
+"""Safe decoding of uploaded images: media type, size and pixel caps checked before decoding.
+
+A 10 MB PNG can expand to billions of pixels, so the dimensions are read from the header
+(JPEG SOF, PNG IHDR, WebP VP8/VP8L/VP8X) and checked against the pixel cap before OpenCV
+allocates anything.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+__all__ = ["SUPPORTED_TYPES", "ImageRejected", "decode_image", "image_size", "sniff_type"]
+
+SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp")
+
+
+class ImageRejected(ValueError):
+    """An upload that is refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def sniff_type(data: bytes) -> str | None:
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(data):
+                return None
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return w, h
+        i += 2 + length
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30:
+        w, h = struct.unpack("<HH", data[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+def image_size(data: bytes, media_type: str) -> tuple[int, int] | None:
+    """(width, height) from the header alone, or None if the header cannot be read."""
+    if media_type == "image/png":
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        return None
+    if media_type == "image/jpeg":
+        return _jpeg_size(data)
+    if media_type == "image/webp":
+        return _webp_size(data)
+    return None
+
+
+def decode_image(data: bytes, declared_type: str | None, max_pixels: int) -> np.ndarray:
+    """Decode an upload into a BGR array, or raise :class:`ImageRejected` with the right status."""
+    declared = (declared_type or "").split(";")[0].strip().lower()
+    if declared and not declared.startswith("image/"):
+        raise ImageRejected(415, f"media type {declared!r} is not an image; send {', '.join(SUPPORTED_TYPES)}")
+    if declared and declared not in SUPPORTED_TYPES:
+        raise ImageRejected(415, f"unsupported image type {declared!r}; send {', '.join(SUPPORTED_TYPES)}")
+    if not data:
+        raise ImageRejected(400, "empty body: send the image bytes")
+    actual = sniff_type(data)
+    if actual is None:
+        raise ImageRejected(400, "the body is not a decodable JPEG, PNG or WebP image")
+    size = image_size(data, actual)
+    if size is None:
+        raise ImageRejected(400, f"cannot read the {actual} header: the image is truncated or corrupt")
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageRejected(400, f"image has impossible dimensions {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageRejected(400, f"image is {w}x{h} = {w * h} pixels, over the cap of {max_pixels}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageRejected(400, f"the {actual} image could not be decoded")
+    return image

@@ -1,0 +1,155 @@
+"""Everything the running service owns, started and stopped in order.
+
+Model -> engine (warmed up) -> cameras -> tick scheduler; stopped in reverse. The HTTP layer
+talks to this object only, so tests can build one with an injected classifier and camera source
+factory and exercise it without a network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from service.cameras import CameraManager
+from service.classifier import AnytimeClassifier
+from service.config import Settings
+from service.convert import classify_response, tick_messages
+from service.engine import Engine, Job, JobKind, Outcome
+from service.messages import ClassifyResponse
+from service.publisher import Publisher
+from service.scheduler import ResultBoard, TickReport, TickScheduler
+from service.telemetry import ServiceMetrics
+
+__all__ = ["Overloaded", "Runtime"]
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """More /classify work is queued than the engine can answer in time."""
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class Runtime:
+    # Time kept back from a /classify deadline for building and sending the response.
+    RESPONSE_MARGIN_S = 0.002
+
+    def __init__(
+        self,
+        settings: Settings,
+        classifier: AnytimeClassifier | None = None,
+        source_factory: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.clock = clock
+        kwargs = {"source_factory": source_factory} if source_factory is not None else {}
+        self.cameras = CameraManager(settings.cameras, **kwargs)
+        self.publisher = Publisher(on_drop=self._count_drop)
+        self.board = ResultBoard()
+        self.engine: Engine | None = None
+        self.scheduler: TickScheduler | None = None
+        self.metrics: ServiceMetrics | None = None
+        self.ready = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Blocking start-up (model load, warm-up); call it off the event loop."""
+        if self.classifier is None:
+            self.classifier = AnytimeClassifier.load(self.settings.weights, self.settings.device)
+        exits_total = self.classifier.exits_total
+        self.metrics = metrics = ServiceMetrics(exits_total, self.cameras.statuses, self.publisher.subscriber_counts)
+        self.publisher.attach(loop)
+        self.engine = Engine(self.classifier, clock=self.clock)
+        self.engine.warm_up(sorted({1, len(self.settings.cameras)}))
+        self.engine.start()
+        self.cameras.start_all()
+        self.scheduler = TickScheduler(
+            self.engine,
+            self.board,
+            take_frames=self.cameras.take_newest,
+            statuses=self.cameras.statuses,
+            publish=self._publish,
+            period=1.0 / self.settings.tick_hz,
+            clock=self.clock,
+            on_missed=lambda n: metrics.missed_ticks.inc(n),
+            on_job_done=lambda job, outcome: metrics.tick_jobs.inc(outcome=outcome.value),
+        )
+        self.scheduler.start()
+        self.ready = True
+
+    def stop(self) -> None:
+        """Stop every thread and release every camera (well within 5 s)."""
+        self.ready = False
+        if self.scheduler is not None:
+            self.scheduler.stop(timeout=1.0)
+        self.cameras.stop_all(timeout=2.0)
+        if self.engine is not None:
+            self.engine.stop(timeout=1.0)
+
+    # --- ticks -------------------------------------------------------------------------------
+
+    def _count_drop(self, camera_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.ws_dropped.inc(camera=camera_id)
+
+    def _publish(self, report: TickReport) -> None:
+        assert self.classifier is not None and self.metrics is not None
+        self.publisher.publish_threadsafe(tick_messages(report, self.classifier.exits_total))
+        self.metrics.ticks.inc()
+        self.metrics.publish_lateness.observe((self.clock() - report.scheduled_at) * 1000)
+        for entry in report.entries.values():
+            self.metrics.exit_depth.observe(entry.result.exit if entry else 0)
+
+    # --- /classify ---------------------------------------------------------------------------
+
+    async def classify(
+        self, image: np.ndarray, deadline_ms: float, received_at: float, forced_exit: int | None = None
+    ) -> ClassifyResponse:
+        """Answer by the deadline with the deepest exit reached (at least exit 1)."""
+        engine = self.engine
+        if engine is None or not self.ready:
+            raise Overloaded("the model is not loaded yet", retry_after_s=1.0)
+        deadline = received_at + deadline_ms / 1000 - self.RESPONSE_MARGIN_S
+        if engine.pending(JobKind.CLASSIFY) >= self.settings.max_pending_classify:
+            raise Overloaded(f"{self.settings.max_pending_classify} requests are already waiting", 1.0)
+        wait = engine.estimated_wait(deadline)
+        if wait > deadline_ms / 1000:
+            raise Overloaded(f"about {wait * 1000:.0f} ms of queued work is ahead of this request", math.ceil(wait))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[Job, Outcome]] = loop.create_future()
+
+        def resolve(job: Job, outcome: Outcome) -> None:
+            if not done.done():
+                done.set_result((job, outcome))
+
+        def on_done(job: Job, outcome: Outcome) -> None:
+            loop.call_soon_threadsafe(resolve, job, outcome)
+
+        engine.submit(
+            Job(
+                kind=JobKind.CLASSIFY,
+                images=[image],
+                deadline=deadline,
+                on_exit=lambda job, results: None,
+                on_done=on_done,
+                min_exits=forced_exit or 1,
+                max_exits=forced_exit,
+            )
+        )
+        job, outcome = await done
+        if not job.latest:
+            raise RuntimeError(f"the engine ended the request without an answer ({outcome.value})")
+        elapsed_ms = (self.clock() - received_at) * 1000
+        return classify_response(job.latest[0], elapsed_ms, deadline_ms)

@@ -1,0 +1,155 @@
+"""The engine: exit by exit, earliest deadline first, never starting what cannot finish."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from service.engine import Engine, Job, JobKind, Outcome
+from service.latency import LatencyModel
+
+
+def _job(kind: JobKind, deadline: float, n: int = 1, log: list | None = None, **kw) -> Job:
+    log = log if log is not None else []
+    return Job(
+        kind=kind,
+        images=[np.full((40, 60, 3), 100 + i, np.uint8) for i in range(n)],
+        deadline=deadline,
+        on_exit=lambda job, results: log.append(("exit", job.exits_done, len(results))),
+        on_done=lambda job, outcome: log.append(("done", outcome)),
+        **kw,
+    )
+
+
+def _latency(seconds: float, blocks: int = 5, sizes=(1, 2)) -> LatencyModel:
+    model = LatencyModel()
+    for b in range(blocks):
+        for bs in sizes:
+            model.record(b, bs, seconds)
+    return model
+
+
+def test_latency_model_predicts_a_high_percentile_and_borrows_for_unknown_sizes() -> None:
+    model = LatencyModel(window=10)
+    for v in [1, 1, 1, 1, 1, 1, 1, 1, 1, 9]:
+        model.record(0, 1, v / 1000)
+    assert model.predict(0, 1) == pytest.approx(0.009)  # p99 of 10 samples is the worst one
+    for _ in range(30):
+        model.record(0, 1, 0.001)
+    assert model.predict(0, 1) == pytest.approx(0.001)  # old samples age out of the window
+    assert model.predict(0, 4) == pytest.approx(0.004)  # unknown larger batch: scaled up
+    assert model.predict(3, 1) == model.default_s
+    assert model.predict_total(0, 1, 1) == pytest.approx(0.001 + model.default_s)
+
+
+def test_does_not_start_a_block_that_cannot_finish(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.010), clock=fake_clock)
+    log: list = []
+    job = _job(JobKind.TICK, deadline=fake_clock() + 0.025, log=log)
+    engine.submit(job)
+    engine._step(job)  # now + 10 ms <= deadline: runs exit 1
+    fake_clock.advance(0.010)
+    engine._step(job)  # 20 ms <= 25 ms: runs exit 2
+    fake_clock.advance(0.010)
+    engine._step(job)  # 30 ms > 25 ms: refuses, closes the job with exit 2
+    assert log == [("exit", 1, 1), ("exit", 2, 1), ("done", Outcome.DEADLINE)]
+    assert engine.pending() == 0
+
+
+def test_classify_gets_exit_one_even_when_it_cannot_fit(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.050), clock=fake_clock)
+    log: list = []
+    job = engine.submit(_job(JobKind.CLASSIFY, deadline=fake_clock() + 0.001, log=log, min_exits=1))
+    engine._step(job)
+    engine._step(job)
+    assert log == [("exit", 1, 1), ("done", Outcome.DEADLINE)]
+
+
+def test_forced_exit_stops_there(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    log: list = []
+    job = engine.submit(_job(JobKind.CLASSIFY, deadline=fake_clock() + 10, log=log, min_exits=3, max_exits=3))
+    for _ in range(3):
+        engine._step(job)
+    assert log[-1] == ("done", Outcome.COMPLETE) and job.exits_done == 3
+
+
+def test_a_new_tick_supersedes_the_previous_one(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    old_log: list = []
+    old = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.1, log=old_log))
+    engine._step(old)
+    new = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.2))
+    assert old.superseded and not new.superseded
+    engine._step(old)
+    assert old_log == [("exit", 1, 1), ("done", Outcome.SUPERSEDED)]
+
+
+def test_earliest_deadline_first_and_preemption_between_layers(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    tick_log: list = []
+    tick = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.1, n=2, log=tick_log))
+    urgent_log: list = []
+    urgent = _job(JobKind.CLASSIFY, deadline=fake_clock() + 0.05, min_exits=1, max_exits=1, log=urgent_log)
+    first_stage = tiny_classifier.model.blocks[0][0]
+
+    def arrive(*_: object) -> None:  # the urgent request arrives while the tick's block is part-way
+        if urgent not in engine._jobs:
+            engine.submit(urgent)
+
+    hook = first_stage.register_forward_hook(arrive)
+    try:
+        engine._step(tick)
+    finally:
+        hook.remove()
+    assert tick.exits_done == 0 and tick.stepper is not None and tick.stepper.in_progress
+    assert engine._next_job() is urgent
+    engine._step(urgent)
+    assert urgent_log == [("exit", 1, 1), ("done", Outcome.COMPLETE)]
+    assert engine._next_job() is tick
+    engine._step(tick)  # resumes the interrupted block
+    assert tick_log == [("exit", 1, 2)]
+
+
+def test_cancel_stops_between_layers_when_the_deadline_passes(tiny_classifier) -> None:
+    calls = {"n": 0}
+
+    def clock() -> float:  # every read moves time on by 4 ms
+        calls["n"] += 1
+        return calls["n"] * 0.004
+
+    engine = Engine(tiny_classifier, latency=_latency(0.0001), clock=clock)
+    job = engine.submit(_job(JobKind.TICK, deadline=0.02))
+    while engine.pending():
+        engine._step(job)
+    # The deadline passed mid-way: the job ended without running all five exits.
+    assert job.exits_done < 5
+
+
+def test_threaded_engine_serves_jobs_and_stops(tiny_classifier) -> None:
+    import time
+
+    engine = Engine(tiny_classifier)
+    engine.warm_up([1, 2], rounds=1)
+    assert engine.latency.known()[(0, 2)] == 1
+    engine.start()
+    done = threading.Event()
+    results: list = []
+    engine.submit(
+        Job(
+            kind=JobKind.CLASSIFY,
+            images=[np.zeros((32, 32, 3), np.uint8)],
+            deadline=time.monotonic() + 5,
+            on_exit=lambda job, r: results.append(r[0].exit),
+            on_done=lambda job, outcome: done.set(),
+            min_exits=1,
+        )
+    )
+    assert done.wait(10)
+    assert results == [1, 2, 3, 4, 5]
+    engine.stop()
+    assert not engine.running
+    with pytest.raises(RuntimeError, match="stopped"):
+        engine.submit(_job(JobKind.TICK, deadline=0))
