@@ -89,12 +89,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from client.errors import AnytimeError
-    from client.ws import subscribe_sync
 
     if args.count is not None and args.count < 1:
         return _fail("watch", ValueError("--count must be at least 1"), code=2)
     seen = 0
     try:
+        from client.ws import subscribe_sync  # inside the try: Ctrl-C during a slow first import is still clean
+
         with subscribe_sync(args.camera, base_url=_url(args), token=_token(args)) as stream:
             for message in stream:
                 print(message.model_dump_json() if args.json else format_prediction(message), flush=True)

@@ -87,7 +87,7 @@ class _Policy:
         self.failures += 1
         if not self.reconnect or (self.max_retries is not None and self.failures > self.max_retries):
             raise ConnectionLost(f"camera {self.camera_id!r}: {_describe(exc)}") from exc
-        delay = min(self.min_backoff * 2 ** (self.failures - 1), self.max_backoff)
+        delay: float = min(self.min_backoff * 2.0 ** (self.failures - 1), self.max_backoff)
         log.warning("camera %r: %s; reconnecting in %.1f s", self.camera_id, _describe(exc), delay)
         return delay
 

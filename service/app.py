@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.api import classify, ops, stream
+from service.api import classify, ops, stream, ui, video
 from service.classifier import AnytimeClassifier
 from service.config import Settings
 from service.runtime import Runtime
@@ -62,4 +62,7 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(classify.router)
     app.include_router(stream.router)
+    app.include_router(video.router)
+    app.include_router(ui.router)
+    app.mount("/static", ui.static_files(), name="static")
     return app

@@ -32,7 +32,7 @@ from service.cli import main
 
 TOKEN = "s3cret"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
-BACKOFF = {"min_backoff": 0.01, "max_backoff": 0.05}  # reconnect at once: the server is local
+BACKOFF: dict[str, Any] = {"min_backoff": 0.01, "max_backoff": 0.05}  # reconnect at once: the server is local
 
 
 @dataclass
