@@ -150,6 +150,8 @@ class Runtime:
         )
         job, outcome = await done
         if not job.latest:
-            raise RuntimeError(f"the engine ended the request without an answer ({outcome.value})")
+            if outcome is Outcome.ERROR:
+                raise RuntimeError("the model failed on this request; see the service log")
+            raise Overloaded("the service is shutting down", retry_after_s=1.0)
         elapsed_ms = (self.clock() - received_at) * 1000
         return classify_response(job.latest[0], elapsed_ms, deadline_ms)

@@ -31,8 +31,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"anytime serve: bad configuration:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # uvicorn waits for open responses before the lifespan shutdown runs; turning
+            # readiness off first makes /ready fail at once and lets MJPEG streams end by
+            # themselves instead of being cancelled at the graceful-shutdown timeout.
+            app.state.runtime.ready = False
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
@@ -40,4 +50,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_ping_interval=20,
         ws_ping_timeout=20,
     )
+    Server(config).run()
     return 0

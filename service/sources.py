@@ -114,7 +114,10 @@ class SyntheticSource:
         cv2.rectangle(frame, (x, y), (x + box, y + box), (255, 255, 255), thickness=-1)
         cv2.rectangle(frame, (x + box // 4, y + box // 4), (x + 3 * box // 4, y + 3 * box // 4), (0, 0, 0), -1)
         scale = max(0.4, self.height / 480)
-        cv2.putText(frame, f"#{self._count}", (8, int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2)
+        text = f"#{self._count}"
+        (tw, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+        # Top right: the overlay puts the camera name top left and the label along the bottom.
+        cv2.putText(frame, text, (self.width - tw - 8, int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2)
         return frame
 
     def close(self) -> None:

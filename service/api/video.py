@@ -31,6 +31,7 @@ MAX_WIDTH = 1280  # wider frames are downscaled: a browser tile never needs more
 POLL_S = 0.01  # how often a viewer that is ahead of its camera looks for the next frame
 # Proxies and browsers must neither cache nor buffer a live picture.
 _NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache"}
+_RETRY = {"Retry-After": "1"}
 
 Fps = Annotated[float | None, Query(gt=0, le=30, description="frames per second cap (default: mjpeg_fps)")]
 Quality = Annotated[int | None, Query(ge=1, le=100, description="JPEG quality (default: mjpeg_quality)")]
@@ -92,16 +93,23 @@ def _known_camera(runtime: Runtime, camera_id: str) -> None:
     responses={200: {"content": {f"multipart/x-mixed-replace; boundary={BOUNDARY}": {}}}, 404: {}, 503: {}},
 )
 async def stream(
-    camera_id: str, request: Request, runtime: RuntimeDep, settings: SettingsDep, fps: Fps = None, quality: Quality = None
+    camera_id: str,
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    fps: Fps = None,
+    quality: Quality = None,
 ) -> Response:
     _known_camera(runtime, camera_id)
     if not runtime.ready:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is starting", headers={"Retry-After": "1"})
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the service is not ready", headers=_RETRY)
 
     async def finished() -> bool:
-        # Ends the response when the client leaves or the runtime stops. uvicorn drains open responses
-        # before the lifespan shutdown, so a plain server stop ends streams through its graceful-shutdown
-        # timeout (serve.py sets 2 s), which cancels this generator; nothing here needs cleaning up.
+        # The client left, or the service is stopping. uvicorn waits for open responses *before* it runs
+        # the lifespan shutdown, so an endless response must notice the stop by itself: it watches
+        # runtime.ready, which a server can clear the moment it is asked to exit (a uvicorn.Server whose
+        # handle_exit does so ends every stream within one frame). Failing that, uvicorn's graceful-shutdown
+        # timeout cancels this generator, which holds nothing that needs cleaning up, but logs a traceback.
         return not runtime.ready or await request.is_disconnected()
 
     parts = mjpeg_parts(
@@ -128,7 +136,7 @@ async def snapshot(camera_id: str, runtime: RuntimeDep, settings: SettingsDep, q
     frame = runtime.cameras.peek(camera_id)
     if frame is None:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"camera {camera_id!r} has no frame yet", headers={"Retry-After": "1"}
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"camera {camera_id!r} has no frame yet", headers=_RETRY
         )
     jpeg = await asyncio.to_thread(encode_jpeg, frame.image, quality or settings.mjpeg_quality)
     return Response(jpeg, media_type="image/jpeg", headers={**_NO_CACHE, "X-Frame-Seq": str(frame.seq)})
