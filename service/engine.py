@@ -68,6 +68,11 @@ class Job:
     block_interrupted: bool = False
 
 
+def _owes(job: Job) -> bool:
+    """Does the job still need exits it was promised whatever the deadline?"""
+    return job.exits_done < job.min_exits
+
+
 class Engine:
     def __init__(
         self,
@@ -77,7 +82,7 @@ class Engine:
         metrics: Any = None,
     ) -> None:
         self.classifier = classifier
-        self.latency = latency or LatencyModel()
+        self.latency = latency or LatencyModel(clock=clock)
         self.clock = clock
         self.metrics = metrics
         self._jobs: list[Job] = []
@@ -89,18 +94,22 @@ class Engine:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def warm_up(self, batch_sizes: list[int], rounds: int = 3) -> None:
-        """Run full passes so the latency model starts with real measurements."""
+    def warm_up(self, batch_sizes: list[int], rounds: int = 5) -> None:
+        """Run full passes so the latency model starts with real measurements.
+
+        Block 0 is timed with preprocessing included, as the engine times it for real jobs.
+        """
         size = self.classifier.card.input_size
         for bs in sorted(set(batch_sizes)):
-            images = [np.zeros((size, size, 3), np.uint8)] * bs
+            images = [np.zeros((size * 4, size * 4, 3), np.uint8)] * bs
             for r in range(rounds + 1):
+                t0 = time.perf_counter()
                 stepper = self.classifier.model.stepper(self.classifier.preprocess(images))
                 for block in range(self.classifier.exits_total):
-                    t0 = time.perf_counter()
                     stepper.advance()
                     if r:  # the first round pays one-off allocation costs
                         self.latency.record(block, bs, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="anytime-engine", daemon=True)
@@ -155,8 +164,9 @@ class Engine:
                 self._cond.wait(0.5)
             if self._stop.is_set():
                 return None
-            # Earliest deadline first; jobs owed a guaranteed exit go before those that are not.
-            return min(self._jobs, key=lambda j: (j.deadline, j.seq))
+            # Guaranteed exits (a request's exit 1) before optional depth, each earliest deadline
+            # first: one job's extra exits must never push another's first answer past its deadline.
+            return min(self._jobs, key=lambda j: (not _owes(j), j.deadline, j.seq))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -170,7 +180,7 @@ class Engine:
                 self._finish(job, Outcome.ERROR)
 
     def _step(self, job: Job) -> None:
-        if job.superseded and job.exits_done >= job.min_exits:
+        if job.superseded:
             self._finish(job, Outcome.SUPERSEDED)
             return
         limit = min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)
@@ -203,16 +213,17 @@ class Engine:
             self._finish(job, Outcome.COMPLETE)
 
     def _should_yield(self, job: Job, guaranteed: bool) -> bool:
-        """Checked between layers: give up the model now?"""
-        if self._stop.is_set():
+        """Checked between layers: give up the model now? An interrupted block is kept and
+        resumes when this job is picked again, so yielding wastes nothing."""
+        if self._stop.is_set() or job.superseded:
             return True
         with self._cond:
-            urgent = any(j.deadline < job.deadline and j is not job for j in self._jobs)
-        if urgent:
-            return True  # the block is kept and resumes after the more urgent job
+            others = [j for j in self._jobs if j is not job]
         if guaranteed:
-            return False
-        return job.superseded or self.clock() >= job.deadline
+            return any(_owes(j) and j.deadline < job.deadline for j in others)
+        if any(_owes(j) or j.deadline < job.deadline for j in others):
+            return True
+        return self.clock() >= job.deadline
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._cond:

@@ -1,52 +1,73 @@
-"""Per-block latency prediction from recent measurements (Clockwork's rule).
+"""Per-block latency prediction from recent measurements (Clockwork's rule, made self-healing).
 
-For each (block, batch size) the model keeps the last ``window`` timings and predicts a high
-percentile of them. The engine consults it before starting a block and does not start one that
-is predicted to end after its deadline. Unmeasured batch sizes borrow the nearest measured one,
-scaled up linearly when larger (pessimistic, so an unknown size never overruns a tick).
+For each (block, batch size) the model keeps the last ``window`` timings with the time they were
+taken, and predicts a high percentile of the recent ones. The engine consults it before starting a
+block and does not start one predicted to end after its deadline.
+
+A pure "p99 of the last N runs" has a trap: a block that is predicted too slow never runs again,
+so its one bad sample is never replaced and the block stays skipped forever. Samples therefore
+age: once every sample is older than ``horizon_s``, the prediction falls back to their median, so a
+single outlier stops counting, the block runs again and fresh measurements take over.
+
+Unmeasured batch sizes borrow the nearest measured one, scaled up linearly when larger
+(pessimistic, so an unknown size never overruns a tick).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["LatencyModel"]
 
 
 class LatencyModel:
-    def __init__(self, window: int = 20, quantile: float = 0.99, default_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        window: int = 20,
+        quantile: float = 0.99,
+        default_s: float = 0.005,
+        horizon_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not 0 < quantile <= 1:
             raise ValueError("quantile must be in (0, 1]")
         self.window = window
         self.quantile = quantile
         self.default_s = default_s  # used only before anything at all was measured for a block
-        self._samples: dict[tuple[int, int], deque[float]] = {}
+        self.horizon_s = horizon_s
+        self.clock = clock
+        self._samples: dict[tuple[int, int], deque[tuple[float, float]]] = {}  # (taken_at, seconds)
         self._lock = threading.Lock()
 
     def record(self, block: int, batch_size: int, seconds: float) -> None:
         with self._lock:
             samples = self._samples.setdefault((block, batch_size), deque(maxlen=self.window))
-            samples.append(seconds)
+            samples.append((self.clock(), seconds))
 
-    def _percentile(self, samples: deque[float]) -> float:
-        ordered = sorted(samples)
+    def _estimate(self, samples: deque[tuple[float, float]]) -> float:
+        cutoff = self.clock() - self.horizon_s
+        recent = sorted(s for t, s in samples if t >= cutoff)
+        if not recent:
+            return statistics.median(s for _, s in samples)
         # Nearest-rank percentile: with few samples this is the max, erring on the safe side.
-        rank = min(len(ordered) - 1, max(0, math.ceil(self.quantile * len(ordered)) - 1))
-        return ordered[rank]
+        return recent[min(len(recent) - 1, max(0, math.ceil(self.quantile * len(recent)) - 1))]
 
     def predict(self, block: int, batch_size: int) -> float:
         """Predicted seconds for ``block`` (0-based) on a batch of ``batch_size``."""
         with self._lock:
             samples = self._samples.get((block, batch_size))
             if samples:
-                return self._percentile(samples)
+                return self._estimate(samples)
             known = [(b, s) for (blk, b), s in self._samples.items() if blk == block and s]
             if not known:
                 return self.default_s
             nearest_size, nearest = min(known, key=lambda item: (abs(item[0] - batch_size), -item[0]))
-            estimate = self._percentile(nearest)
+            estimate = self._estimate(nearest)
         return estimate * max(1.0, batch_size / nearest_size)
 
     def predict_total(self, first_block: int, last_block: int, batch_size: int) -> float:

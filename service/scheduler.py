@@ -145,6 +145,7 @@ class TickScheduler:
                 on_exit=on_exit,
                 on_done=on_done,
                 context=ordered,
+                min_exits=1,  # every tick gets at least a fresh exit 1, even under /classify load
             )
         )
 

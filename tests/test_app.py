@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import time
 import zlib
@@ -61,7 +62,7 @@ def test_websocket_receives_one_message_per_tick(client: TestClient) -> None:
     later = messages[2:]  # the first one or two may predate the first classified frame
     assert all(m.exit >= 1 and m.label for m in later)
     assert all(m.camera_state == "live" and m.exits_total == 5 for m in later)
-    gaps = [b.published_at - a.published_at for a, b in zip(later, later[1:])]
+    gaps = [b.published_at - a.published_at for a, b in itertools.pairwise(later)]
     assert all(0.05 < g < 0.2 for g in gaps), gaps  # ~100 ms apart (loose: tests are not benchmarks)
     assert all(len(m.top5) == 5 and m.mflops > 0 for m in later)
 

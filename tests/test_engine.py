@@ -153,3 +153,36 @@ def test_threaded_engine_serves_jobs_and_stops(tiny_classifier) -> None:
     assert not engine.running
     with pytest.raises(RuntimeError, match="stopped"):
         engine.submit(_job(JobKind.TICK, deadline=0))
+
+
+def test_a_slow_outlier_ages_out_instead_of_blocking_a_block_forever(fake_clock) -> None:
+    model = LatencyModel(window=20, horizon_s=5.0, clock=fake_clock)
+    for seconds in (0.004, 0.005, 0.080):  # warm-up with one hiccup
+        model.record(1, 4, seconds)
+    assert model.predict(1, 4) == pytest.approx(0.080)  # recent: the cautious p99
+    fake_clock.advance(6.0)  # the block was never run again because of that prediction...
+    assert model.predict(1, 4) == pytest.approx(0.005)  # ...so the old samples' median takes over
+    model.record(1, 4, 0.006)
+    assert model.predict(1, 4) == pytest.approx(0.006)  # fresh measurements rule again
+
+
+def test_first_answers_come_before_anyone_goes_deeper(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    first = engine.submit(_job(JobKind.CLASSIFY, deadline=fake_clock() + 0.050, min_exits=1))
+    engine._step(first)  # exit 1 for the earliest request
+    second = engine.submit(_job(JobKind.CLASSIFY, deadline=fake_clock() + 0.051, min_exits=1))
+    # EDF alone would let `first` run its optional exits up to its deadline and make `second`
+    # late; guaranteed work goes first.
+    assert engine._next_job() is second
+    assert engine._should_yield(first, guaranteed=False)
+    engine._step(second)
+    assert engine._next_job() is first
+
+
+def test_a_superseded_tick_stops_even_before_its_first_exit(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    log: list = []
+    old = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.1, log=log, min_exits=1))
+    engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.2, min_exits=1))
+    engine._step(old)
+    assert log == [("done", Outcome.SUPERSEDED)]
