@@ -264,11 +264,15 @@ def _check_image(image: object) -> None:
 
 
 def _rate(times: list[float], now: float, window: float) -> float:
-    """Frames per second over the frames of the last ``window`` seconds."""
+    """Frames per second over the frames of the last ``window`` seconds.
+
+    The span is floored at half a second: right after a (re)connect a source often delivers a few
+    buffered frames in a burst, and dividing by their millisecond spread reports thousands of fps.
+    """
     recent = [t for t in times if now - t <= window]
-    if len(recent) < 2 or recent[-1] <= recent[0]:
+    if len(recent) < 2:
         return 0.0
-    return (len(recent) - 1) / (recent[-1] - recent[0])
+    return (len(recent) - 1) / max(recent[-1] - recent[0], 0.5)
 
 
 class CameraManager:

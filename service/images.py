@@ -12,9 +12,18 @@ import struct
 import cv2
 import numpy as np
 
-__all__ = ["SUPPORTED_TYPES", "ImageRejected", "decode_image", "image_size", "sniff_type"]
+__all__ = [
+    "SUPPORTED_TYPES",
+    "ImageRejected",
+    "check_image",
+    "decode_checked",
+    "decode_image",
+    "image_size",
+    "sniff_type",
+]
 
 SUPPORTED_TYPES = ("image/jpeg", "image/png", "image/webp")
+MAX_KEPT_SIDE = 512  # decoded uploads are shrunk to this before they wait for the model
 
 
 class ImageRejected(ValueError):
@@ -84,8 +93,11 @@ def image_size(data: bytes, media_type: str) -> tuple[int, int] | None:
     return None
 
 
-def decode_image(data: bytes, declared_type: str | None, max_pixels: int) -> np.ndarray:
-    """Decode an upload into a BGR array, or raise :class:`ImageRejected` with the right status."""
+def check_image(data: bytes, declared_type: str | None, max_pixels: int) -> tuple[str, int, int]:
+    """Validate an upload from its bytes and header alone: (media type, width, height).
+
+    Raises :class:`ImageRejected` with the right status; cheap enough for the event loop.
+    """
     declared = (declared_type or "").split(";")[0].strip().lower()
     if declared and not declared.startswith("image/"):
         raise ImageRejected(415, f"media type {declared!r} is not an image; send {', '.join(SUPPORTED_TYPES)}")
@@ -104,7 +116,26 @@ def decode_image(data: bytes, declared_type: str | None, max_pixels: int) -> np.
         raise ImageRejected(400, f"image has impossible dimensions {w}x{h}")
     if w * h > max_pixels:
         raise ImageRejected(400, f"image is {w}x{h} = {w * h} pixels, over the cap of {max_pixels}")
+    return actual, w, h
+
+
+def decode_checked(data: bytes, media_type: str, max_side: int = MAX_KEPT_SIDE) -> np.ndarray:
+    """Decode an upload that passed :func:`check_image` into BGR, shrunk to at most ``max_side``.
+
+    The model sees 32x32 (224x224 for ImageNet) pixels, so keeping a 6000x6000 decode around while the
+    request waits would only hold memory; shrinking here bounds what a queued request costs.
+    """
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.size == 0:
-        raise ImageRejected(400, f"the {actual} image could not be decoded")
+        raise ImageRejected(400, f"the {media_type} image could not be decoded")
+    h, w = image.shape[:2]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     return image
+
+
+def decode_image(data: bytes, declared_type: str | None, max_pixels: int) -> np.ndarray:
+    """Check and decode in one call (for callers that are not on an event loop)."""
+    media_type, _, _ = check_image(data, declared_type, max_pixels)
+    return decode_checked(data, media_type)

@@ -13,6 +13,8 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import itertools
+import json
 import os
 import socket
 import struct
@@ -29,6 +31,7 @@ __all__ = [
     "LoopLagProbe",
     "MjpegServer",
     "UvicornThread",
+    "WsRecorder",
     "abort_socket",
     "call_with_timeout",
     "metric_value",
@@ -91,7 +94,7 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
 def tick_gaps(ticks: list[int]) -> int:
     """How many tick numbers are missing between the first and the last of ``ticks`` (which must increase)."""
     assert ticks == sorted(set(ticks)), f"tick numbers not strictly increasing: {ticks}"
-    return sum(b - a - 1 for a, b in zip(ticks, ticks[1:]))
+    return sum(b - a - 1 for a, b in itertools.pairwise(ticks))
 
 
 # --- a camera that can die: MJPEG over HTTP ------------------------------------------------------
@@ -112,6 +115,7 @@ class MjpegServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.connections = 0
+        self._frozen_below = 0  # streams numbered below this hang: connected, silent (see freeze_open_streams)
 
     @property
     def url(self) -> str:
@@ -133,6 +137,7 @@ class MjpegServer:
                     self.send_error(404)
                     return
                 owner.connections += 1
+                number = owner.connections
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
                 self.send_header("Cache-Control", "no-cache")
@@ -140,6 +145,9 @@ class MjpegServer:
                 i = 0
                 with contextlib.suppress(OSError):  # the reader went away
                     while not owner._stopping.is_set():
+                        if number < owner._frozen_below:
+                            owner._stopping.wait()  # hung: the socket stays open, nothing more is sent
+                            break
                         jpeg = owner._frames[i % len(owner._frames)]
                         head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg)
                         self.wfile.write(head + jpeg + b"\r\n")
@@ -148,7 +156,7 @@ class MjpegServer:
                         owner._stopping.wait(1.0 / owner.fps)
                 self.close_connection = True
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         return Handler
@@ -172,6 +180,11 @@ class MjpegServer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+
+    def freeze_open_streams(self) -> None:
+        """Every stream open now stops sending but stays connected (a camera whose network path died
+        silently, no FIN, no RST); new connections are served normally."""
+        self._frozen_below = self.connections + 1
 
     def __enter__(self) -> MjpegServer:
         return self.start()
@@ -218,6 +231,7 @@ class UvicornThread:
         *,
         ws: type[asyncio.Protocol] | str = "auto",
         sndbuf: int | None = None,
+        ws_ping_interval: float = 20.0,
         start_timeout: float = 30.0,
     ) -> None:
         import uvicorn
@@ -234,8 +248,8 @@ class UvicornThread:
             ws=ws,
             lifespan="on",
             timeout_graceful_shutdown=3,
-            ws_ping_interval=20,
-            ws_ping_timeout=20,
+            ws_ping_interval=ws_ping_interval,  # `anytime serve` uses 20 s
+            ws_ping_timeout=ws_ping_interval,
         )
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -276,7 +290,7 @@ class UvicornThread:
         self._thread.join(15)
         with contextlib.suppress(OSError):
             self._sock.close()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and exc[0] is None:  # never mask the exception that brought us here
             raise AssertionError("uvicorn (and the service's lifespan shutdown) did not stop within 15 s")
 
 
@@ -358,3 +372,60 @@ def sockets_closed(socks: list[socket.socket]) -> Iterator[list[socket.socket]]:
         for sock in socks:
             with contextlib.suppress(OSError):
                 abort_socket(sock)
+
+
+class WsRecorder:
+    """Reads one websocket in a background thread, keeping every message with its arrival time.
+
+    The test's main thread stays free to poll HTTP endpoints while messages keep being read promptly
+    (so the server never sees this client as slow). The client queue is unbounded for the same reason.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._ws: Any = None
+        self._stack = contextlib.ExitStack()
+        self._thread = threading.Thread(target=self._run, name="ws-recorder", daemon=True)
+
+    def _run(self) -> None:
+        assert self._ws is not None
+        while not self._stop.is_set():
+            try:
+                text = self._ws.recv(timeout=0.5)
+            except TimeoutError:
+                continue
+            except BaseException as exc:  # closed by the server, or by __exit__
+                if not self._stop.is_set():
+                    self.error = exc
+                return
+            self.messages.append((time.monotonic(), json.loads(text)))
+
+    def __enter__(self) -> WsRecorder:
+        from websockets.sync.client import connect
+
+        self._ws = self._stack.enter_context(connect(self.url, open_timeout=10, max_queue=None, close_timeout=2))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(Exception):
+            self._stack.close()
+
+    def between(self, start: float, end: float) -> list[dict[str, Any]]:
+        """Messages that arrived in [start, end] (monotonic seconds)."""
+        return [m for t, m in list(self.messages) if start <= t <= end]
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        """The first message (already received or still to come) that satisfies ``predicate``."""
+
+        def found() -> dict[str, Any] | None:
+            if self.error is not None:
+                raise AssertionError(f"websocket {self.url} failed: {self.error!r}")
+            return next((m for _, m in list(self.messages) if predicate(m)), None)
+
+        return wait_until(found, timeout, what=what)

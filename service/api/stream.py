@@ -44,8 +44,10 @@ async def camera_predictions(websocket: WebSocket, camera_id: str) -> None:
         for task in (sender, receiver):
             with contextlib.suppress(BaseException):
                 await task
+        # A client that stopped reading never acknowledges a close: bound the wait, or the
+        # handler (and its connection) would linger forever.
         with contextlib.suppress(Exception):
-            await websocket.close()
+            await asyncio.wait_for(websocket.close(), timeout=1.0)
 
 
 async def _drain(websocket: WebSocket) -> None:
