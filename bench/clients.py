@@ -47,7 +47,8 @@ async def _websockets(url: str, cameras: list[str], duration: float) -> dict[str
     async def read(camera: str, ws: Any) -> None:
         while (remaining := end - time.monotonic()) > 0:
             try:
-                text = await asyncio.wait_for(ws.recv(), remaining)
+                async with asyncio.timeout(remaining):
+                    text = await ws.recv()
             except TimeoutError:
                 return
             received = time.time()

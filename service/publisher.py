@@ -47,7 +47,10 @@ class Subscriber:
             text, self._slot = self._slot, None
             if text is None:
                 continue
-            await asyncio.wait_for(self._send(text), self._send_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the send completes, leaving this task unkillable.
+            async with asyncio.timeout(self._send_timeout):
+                await self._send(text)
             self.sent += 1
 
 

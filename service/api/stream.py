@@ -47,7 +47,8 @@ async def camera_predictions(websocket: WebSocket, camera_id: str) -> None:
         # A client that stopped reading never acknowledges a close: bound the wait, or the
         # handler (and its connection) would linger forever.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(websocket.close(), timeout=1.0)
+            async with asyncio.timeout(1.0):
+                await websocket.close()
 
 
 async def _drain(websocket: WebSocket) -> None:
