@@ -41,6 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--limit", type=int, default=0, help="train on a seeded random subset of N images")
     tr.add_argument("--val-size", type=int, default=5000)
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    tr.add_argument("--init-from", default="", help="start from these exported weights (warm restart)")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="per-exit accuracy and the budgeted-batch curve")
@@ -117,6 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         limit=args.limit,
         val_size=args.val_size,
+        init_from=args.init_from,
     )
     path = train(opts, resume=args.resume)
     print(f"exported {path}", file=sys.stderr)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from model.msdnet import MSDNet
 
-__all__ = ["ExitCost", "exit_costs"]
+__all__ = ["ExitCost", "exit_costs", "module_ops"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class ExitCost:
     params: int  # cumulative parameters of everything run so far
 
 
-def _module_ops(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> float:
+def module_ops(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> float:
+    """Multiply-adds one leaf module charged for one call (the static baselines count the same way)."""
     if isinstance(module, nn.Conv2d):
         h_out, w_out = output.shape[-2:]
         k_h, k_w = module.kernel_size
@@ -55,7 +56,7 @@ def exit_costs(model: MSDNet) -> list[ExitCost]:
 
     def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
         nonlocal ops, params
-        ops += _module_ops(module, inputs, output)
+        ops += module_ops(module, inputs, output)
         if id(module) not in seen:
             seen.add(id(module))
             params += sum(p.numel() for p in module.parameters(recurse=False))

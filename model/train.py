@@ -5,6 +5,9 @@ momentum buffers, the augmentation RNG) and ``OUT/checkpoint.json`` (epoch, opti
 epoch the run also exports ``OUT/model.safetensors`` with its card (validation accuracy per exit,
 fitted budgeted-batch thresholds), so the latest weights are always usable.
 
+The same loop trains the static baselines (``--preset resnet20`` ...; ``model/resnet.py``) with the
+same recipe, for the anytime-against-static benchmark.
+
 Beyond the paper's recipe, ``--distill ALPHA`` distils the last exit into the earlier ones
 (IMTA, Li et al. 2019): exit k < K learns from (1-ALPHA) * CE + ALPHA * T^2 * KL(last || k).
 """
@@ -28,9 +31,10 @@ from model.config import get_config
 from model.data import ImageSet, augment_batch, channel_stats, iterate_batches, load_split, normalize
 from model.evaluate import exit_probabilities
 from model.msdnet import MSDNet
+from model.resnet import RESNET_DEPTHS, CifarResNet, StaticCard, save_static
 from model.weights import ExitInfo, ThresholdSet, new_card, save_model
 
-__all__ = ["TrainOptions", "train"]
+__all__ = ["TrainOptions", "build_model", "train"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class TrainOptions:
     threads: int = 0  # 0: leave torch's default
     seed: int = 0
     limit: int = 0  # train on a seeded random N of the training images (smoke tests)
+    init_from: str = ""  # exported weights to start from (a warm restart); fresh optimizer and schedule
     val_size: int = 5000
     extra: dict = field(default_factory=dict)
 
@@ -109,7 +114,9 @@ class _Progress:
         sys.stderr.flush()
 
 
-def _save_checkpoint(out: Path, model: MSDNet, optim: torch.optim.Optimizer, gen: torch.Generator, state: dict) -> None:
+def _save_checkpoint(
+    out: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, gen: torch.Generator, state: dict
+) -> None:
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
     for i, p in enumerate(model.parameters()):
         buf = optim.state.get(p, {}).get("momentum_buffer")
@@ -122,7 +129,7 @@ def _save_checkpoint(out: Path, model: MSDNet, optim: torch.optim.Optimizer, gen
     (out / "checkpoint.json").write_text(json.dumps(state, indent=2) + "\n")
 
 
-def _load_checkpoint(out: Path, model: MSDNet, optim: torch.optim.Optimizer, gen: torch.Generator) -> dict:
+def _load_checkpoint(out: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, gen: torch.Generator) -> dict:
     tensors = load_file(str(out / "checkpoint.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(model.parameters()):
@@ -132,7 +139,33 @@ def _load_checkpoint(out: Path, model: MSDNet, optim: torch.optim.Optimizer, gen
     return json.loads((out / "checkpoint.json").read_text())
 
 
-def validate(model: MSDNet, val: ImageSet, mean: tuple, std: tuple) -> tuple[Tensor, list[float]]:
+def _init_from(model: MSDNet, weights: str, preset: str, classes: list[str]) -> None:
+    """Start from trained weights: a second cosine cycle on a converged model (SGDR-style warm restart)
+    buys accuracy without throwing away the CPU hours already spent."""
+    from model.weights import load_model
+
+    source, card = load_model(weights)
+    if card.preset != preset or list(card.classes) != list(classes):
+        raise ValueError(
+            f"--init-from {weights} is a {card.preset} model for {len(card.classes)} classes; "
+            f"this run trains {preset} for {len(classes)} classes ({classes[:3]}...)"
+        )
+    model.load_state_dict(source.state_dict())
+    done = card.training.get("epochs_done")
+    print(json.dumps({"initialised_from": str(weights), "epochs_done_there": done}), flush=True)
+
+
+def build_model(preset: str, num_classes: int) -> MSDNet | CifarResNet:
+    """An MSDNet preset, or a static CIFAR ResNet baseline (``resnet20``, ``resnet56``, ...)."""
+    if preset in RESNET_DEPTHS:
+        return CifarResNet(RESNET_DEPTHS[preset], num_classes)
+    try:
+        return MSDNet(get_config(preset, num_classes=num_classes))
+    except KeyError as exc:
+        raise KeyError(f"{exc.args[0]}; static baselines: {', '.join(RESNET_DEPTHS)}") from None
+
+
+def validate(model: MSDNet | CifarResNet, val: ImageSet, mean: tuple, std: tuple) -> tuple[Tensor, list[float]]:
     probs = exit_probabilities(model, val, mean, std)
     accs = [float((p.argmax(1) == val.labels).float().mean()) for p in probs]
     return probs, accs
@@ -151,16 +184,19 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(opts.seed))
         train_set = train_set.subset(pick[: opts.limit].sort().values)
     mean, std = channel_stats(train_set.images)
-    config = get_config(opts.preset, num_classes=len(train_set.classes))
-    model = MSDNet(config).to(memory_format=torch.channels_last)
+    model = build_model(opts.preset, len(train_set.classes)).to(memory_format=torch.channels_last)
     optim = torch.optim.SGD(
         model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, nesterov=True
     )
     gen = torch.Generator().manual_seed(opts.seed)
-    start_epoch = 0
+    start_epoch, train_seconds = 0, 0.0
+    if opts.init_from:
+        if not isinstance(model, MSDNet):
+            raise ValueError("--init-from takes MSDNet weights; static baselines start from scratch")
+        _init_from(model, opts.init_from, opts.preset, train_set.classes)
     if resume and (out / "checkpoint.safetensors").exists():
         state = _load_checkpoint(out, model, optim, gen)
-        start_epoch = state["epoch"]
+        start_epoch, train_seconds = state["epoch"], state.get("train_seconds", 0.0)
         print(json.dumps({"resumed_from_epoch": start_epoch}), flush=True)
     steps = math.ceil(len(train_set) / opts.batch_size)
     metrics_file = (out / "metrics.jsonl").open("a")
@@ -198,11 +234,16 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             "images_per_s": round(seen / train_seconds, 1),
             "epoch_seconds": round(time.monotonic() - t0, 1),
         }
+        train_seconds += record["epoch_seconds"]
         print(json.dumps(record), flush=True)
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
-        _export(out, model, opts, train_set, val_set, mean, std, probs, val_acc, epoch + 1)
-        _save_checkpoint(out, model, optim, gen, {"epoch": epoch + 1, "options": asdict(opts)})
+        if isinstance(model, CifarResNet):
+            _export_static(out, model, opts, train_set.classes, mean, std, val_acc[0], epoch + 1, train_seconds)
+        else:
+            _export(out, model, opts, train_set, val_set, mean, std, probs, val_acc, epoch + 1, train_seconds)
+        state = {"epoch": epoch + 1, "train_seconds": round(train_seconds, 1), "options": asdict(opts)}
+        _save_checkpoint(out, model, optim, gen, state)
     metrics_file.close()
     return out / "model.safetensors"
 
@@ -218,6 +259,7 @@ def _export(
     probs: Tensor,
     val_acc: list[float],
     epoch: int,
+    seconds: float,
 ) -> None:
     card = new_card(opts.preset, model, train_set.classes, mean, std)
     curve = fit_curve(probs, val_set.labels, card.exit_mflops)
@@ -236,9 +278,40 @@ def _export(
             "validation": {"size": len(val_set), "seed": 0, "source": "held out from the training split"},
             "training": {
                 "epochs_done": epoch,
+                "train_seconds": round(seconds, 1),  # wall time of the epochs, validation included
                 "options": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")},
             },
         }
     )
     model.eval()
     save_model(model, card, out / "model.safetensors")
+
+
+def _export_static(
+    out: Path,
+    model: CifarResNet,
+    opts: TrainOptions,
+    classes: list[str],
+    mean: tuple,
+    std: tuple,
+    acc: float,
+    epoch: int,
+    seconds: float,
+) -> None:
+    card = StaticCard(
+        preset=opts.preset,
+        depth=model.depth,
+        classes=list(classes),
+        mean=list(mean),
+        std=list(std),
+        mflops=round(model.mflops(), 4),
+        params=sum(p.numel() for p in model.parameters()),
+        val_accuracy=round(acc, 5),
+        training={
+            "epochs_done": epoch,
+            "train_seconds": round(seconds, 1),
+            "options": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")},
+        },
+    )
+    model.eval()
+    save_static(model, card, out / "model.safetensors")

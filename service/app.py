@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +27,21 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
+def default_torch_threads() -> int:
+    """One less than the usable cores, at most 4.
+
+    The model thread must leave a core to the event loop, the decoders and the cameras: on the
+    2-core development machine, two torch threads doubled /classify latency (OpenMP workers spin
+    while the HTTP side waits for the GIL and a core; docs/benchmarks.md). Batch-1 convolutions
+    this small gain little beyond four threads anyway.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1))
+
+
 def create_app(
     settings: Settings,
     classifier: AnytimeClassifier | None = None,
@@ -38,10 +54,9 @@ def create_app(
         # The tick thread must get the GIL promptly when it wakes; Python's default 5 ms
         # switch interval alone would eat the whole publish-lateness budget.
         sys.setswitchinterval(0.0005)
-        if settings.torch_threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(settings.torch_threads)
+        torch.set_num_threads(settings.torch_threads or default_torch_threads())
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(runtime.start, loop)
         log.info("anytime ready: %d camera(s), %.1f Hz", len(settings.cameras), settings.tick_hz)

@@ -92,7 +92,11 @@ class Settings(BaseSettings):
     token: SecretStr | None = Field(default=None, description="bearer token required by the API; None: no auth")
     host: str = Field(default="127.0.0.1", description="listen address; loopback unless asked otherwise")
     port: int = Field(default=8000, ge=1, le=65535)
-    torch_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 keeps torch's default")
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch intra-op threads; 0: one less than the usable cores, at most 4 (leaves a core for I/O)",
+    )
     mjpeg_fps: float = Field(default=10.0, gt=0, le=30, description="rate of the annotated MJPEG video stream")
     mjpeg_quality: int = Field(default=70, ge=1, le=100, description="JPEG quality of that stream")
 

@@ -7,6 +7,11 @@ with the deepest exit it has. Between layers it stops a block when the deadline 
 newer tick supersedes the job, or when a more urgent job is waiting; the interrupted block is
 kept and resumes later, so preemption costs nothing.
 
+/classify requests that wait at the same time are computed as one batch: on a CPU, exit 1 for
+eight images costs about a third of eight single-image passes, which is what keeps answers on time
+under concurrent load. Members of a batch leave it one by one (their rows are dropped) as each
+reaches its own deadline or forced exit; the rest go on deeper.
+
 The engine never awaits anything: results leave through the callbacks each job carries, which
 must be quick and thread-safe (the result board, or ``loop.call_soon_threadsafe``).
 """
@@ -23,6 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import torch
 
 from model.msdnet import AnytimeStepper
 from service.classifier import AnytimeClassifier, ExitResult
@@ -64,13 +70,58 @@ class Job:
     exits_done: int = 0
     compute_s: float = 0.0
     latest: list[ExitResult] = field(default_factory=list)
-    stepper: AnytimeStepper | None = None
+    batch: _Batch | None = None  # set when its computation starts
+
+    @property
+    def stepper(self) -> AnytimeStepper | None:
+        return self.batch.stepper if self.batch is not None else None
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Jobs computed together through one stepper; each owns a contiguous run of its rows."""
+
+    jobs: list[Job]
+    stepper: AnytimeStepper
     block_interrupted: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.stepper.batch_size
+
+    def split(self, results: list[ExitResult]) -> list[tuple[Job, list[ExitResult]]]:
+        parts, start = [], 0
+        for job in self.jobs:
+            parts.append((job, results[start : start + len(job.images)]))
+            start += len(job.images)
+        return parts
+
+    def drop(self, leaving: Job) -> None:
+        """Stop computing ``leaving``'s rows; the other jobs carry on from where they are."""
+        rows, start = [], 0
+        for job in self.jobs:
+            if job is not leaving:
+                rows.extend(range(start, start + len(job.images)))
+            start += len(job.images)
+        self.jobs = [j for j in self.jobs if j is not leaving]
+        if self.jobs:
+            self.stepper.keep(torch.tensor(rows, dtype=torch.long))
 
 
 def _owes(job: Job) -> bool:
     """Does the job still need exits it was promised whatever the deadline?"""
     return job.exits_done < job.min_exits
+
+
+def _batchable(a: Job, b: Job) -> bool:
+    return (
+        a.kind is JobKind.CLASSIFY
+        and b.kind is JobKind.CLASSIFY
+        and a.batch is None
+        and b.batch is None
+        and a.max_exits == b.max_exits
+        and a.min_exits == b.min_exits
+    )
 
 
 class Engine:
@@ -80,8 +131,10 @@ class Engine:
         latency: LatencyModel | None = None,
         clock: Clock = time.monotonic,
         metrics: Any = None,
+        max_classify_batch: int = 16,
     ) -> None:
         self.classifier = classifier
+        self.max_classify_batch = max_classify_batch
         self.latency = latency or LatencyModel(clock=clock)
         self.clock = clock
         self.metrics = metrics
@@ -151,10 +204,21 @@ class Engine:
 
     def estimated_wait(self, deadline: float) -> float:
         """Seconds of model time owed to queued jobs more urgent than ``deadline`` before they
-        reach their guaranteed exits: what a new job with that deadline would wait for."""
+        reach their guaranteed exits: what a new job with that deadline would wait for.
+
+        Requests not started yet are counted as the batches they will be computed in."""
         with self._cond:
-            jobs = [j for j in self._jobs if j.deadline <= deadline and j.exits_done < j.min_exits]
-        return sum(self.latency.predict_total(j.exits_done, j.min_exits - 1, len(j.images)) for j in jobs)
+            owed = [j for j in self._jobs if j.deadline <= deadline and _owes(j)]
+        groups: dict[int, tuple[int, int, int]] = {}  # key -> (first block, last block, batch size)
+        for job in owed:
+            if job.batch is not None:
+                groups[id(job.batch)] = (job.exits_done, job.min_exits - 1, job.batch.size)
+            elif job.kind is JobKind.CLASSIFY:
+                first, last, size = groups.get(job.min_exits, (0, job.min_exits - 1, 0))
+                groups[job.min_exits] = (first, last, min(size + len(job.images), self.max_classify_batch))
+            else:
+                groups[id(job)] = (0, job.min_exits - 1, len(job.images))
+        return sum(self.latency.predict_total(*group) for group in groups.values())
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -183,34 +247,52 @@ class Engine:
         if job.superseded:
             self._finish(job, Outcome.SUPERSEDED)
             return
-        limit = min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)
+        limit = self._limit(job)
         if job.exits_done >= limit:
             self._finish(job, Outcome.COMPLETE)
             return
-        guaranteed = job.exits_done < job.min_exits
+        guaranteed = _owes(job)
         t0 = self.clock()
         if not guaranteed:
-            predicted = self.latency.predict(job.exits_done, len(job.images))
-            if t0 + predicted > job.deadline:
+            size = job.batch.size if job.batch is not None else len(job.images)
+            if t0 + self.latency.predict(job.exits_done, size) > job.deadline:
                 self._finish(job, Outcome.DEADLINE)
                 return
-        if job.stepper is None:
-            job.stepper = self.classifier.model.stepper(self.classifier.preprocess(job.images))
+        batch = job.batch or self._start_batch(job)
         block = job.exits_done
-        out = job.stepper.advance(lambda: self._should_yield(job, guaranteed))
+        out = batch.stepper.advance(lambda: self._should_yield(job, guaranteed))
         elapsed = self.clock() - t0
-        job.compute_s += elapsed
+        for member in batch.jobs:
+            member.compute_s += elapsed
         if out is None:
-            job.block_interrupted = True
+            batch.block_interrupted = True
             return
-        if not job.block_interrupted:
-            self.latency.record(block, len(job.images), elapsed)
-        job.block_interrupted = False
-        job.exits_done = out.exit
-        job.latest = self.classifier.results(out.exit, out.logits)
-        job.on_exit(job, job.latest)
-        if job.exits_done >= limit:
-            self._finish(job, Outcome.COMPLETE)
+        if not batch.block_interrupted:
+            self.latency.record(block, batch.size, elapsed)
+        batch.block_interrupted = False
+        results = self.classifier.results(out.exit, out.logits)
+        for member, rows in batch.split(results):
+            member.exits_done = out.exit
+            member.latest = rows
+            member.on_exit(member, rows)
+        for member in list(batch.jobs):
+            if member.exits_done >= self._limit(member):
+                self._finish(member, Outcome.COMPLETE)
+
+    def _limit(self, job: Job) -> int:
+        return min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)
+
+    def _start_batch(self, job: Job) -> _Batch:
+        """Begin computing ``job``, together with every request waiting that can share its batch."""
+        with self._cond:
+            mates = [j for j in self._jobs if j is not job and _batchable(job, j) and not j.superseded]
+        mates.sort(key=lambda j: (j.deadline, j.seq))
+        jobs = [job, *mates[: self.max_classify_batch - 1]] if job.kind is JobKind.CLASSIFY else [job]
+        images = [image for member in jobs for image in member.images]
+        batch = _Batch(jobs, self.classifier.model.stepper(self.classifier.preprocess(images)))
+        for member in jobs:
+            member.batch = batch
+        return batch
 
     def _should_yield(self, job: Job, guaranteed: bool) -> bool:
         """Checked between layers: give up the model now? An interrupted block is kept and
@@ -218,7 +300,7 @@ class Engine:
         if self._stop.is_set() or job.superseded:
             return True
         with self._cond:
-            others = [j for j in self._jobs if j is not job]
+            others = [j for j in self._jobs if j.batch is None or j.batch is not job.batch]
         if guaranteed:
             return any(_owes(j) and j.deadline < job.deadline for j in others)
         if any(_owes(j) or j.deadline < job.deadline for j in others):
@@ -231,7 +313,9 @@ class Engine:
                 self._jobs.remove(job)
             if self._current_tick is job:
                 self._current_tick = None
-        job.stepper = None  # free the feature maps now
+        if job.batch is not None:
+            job.batch.drop(job)
+            job.batch = None  # free its feature maps now
         try:
             job.on_done(job, outcome)
         except Exception:

@@ -72,7 +72,8 @@ class Runtime:
         self.metrics = metrics = ServiceMetrics(exits_total, self.cameras.statuses, self.publisher.subscriber_counts)
         self.publisher.attach(loop)
         self.engine = Engine(self.classifier, clock=self.clock)
-        self.engine.warm_up(sorted({1, len(self.settings.cameras)}))
+        # Camera ticks run at the number of cameras; /classify requests batch up to 16.
+        self.engine.warm_up(sorted({1, 2, 4, 8, 16, len(self.settings.cameras)}))
         self.engine.start()
         self.cameras.start_all()
         self.scheduler = TickScheduler(

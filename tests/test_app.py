@@ -82,6 +82,16 @@ def test_classify_raw_and_multipart(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     r = client.post("/classify?exit=2&deadline_ms=1000", content=_jpeg(), headers={"content-type": "image/jpeg"})
     assert r.json()["exit"] == 2
+    # curl -F file=@photo (no known extension) labels the part application/octet-stream: the bytes decide.
+    r = client.post("/classify", files={"file": ("photo", io.BytesIO(_jpeg()), "application/octet-stream")})
+    assert r.status_code == 200, r.text
+    r = client.post("/classify", files={"file": ("notes", io.BytesIO(b"plain text"), "application/octet-stream")})
+    assert r.status_code == 400 and "not a decodable" in r.json()["detail"]
+
+
+def test_non_finite_deadline_is_named_as_such(client: TestClient) -> None:
+    r = client.post("/classify?deadline_ms=nan", content=_jpeg(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 422 and "finite" in r.text
 
 
 def test_tiny_deadline_still_answers_after_exit_one(client: TestClient) -> None:

@@ -18,8 +18,15 @@ from service.cli import main
 def tiny_weights(cifar10_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-run")
     opts = TrainOptions(
-        preset="msdnet-cifar-budgeted", data=str(cifar10_python), out=str(out), epochs=1, batch_size=32,
-        lr=0.05, schedule="cosine", val_size=40, bf16=False,
+        preset="msdnet-cifar-budgeted",
+        data=str(cifar10_python),
+        out=str(out),
+        epochs=1,
+        batch_size=32,
+        lr=0.05,
+        schedule="cosine",
+        val_size=40,
+        bf16=False,
     )
     return train(opts)
 
@@ -54,8 +61,17 @@ def test_evaluate_reports_both_curves(
 ) -> None:
     plot = tmp_path / "curve.png"
     result = _run_json(
-        capsys, "evaluate", "--weights", str(tiny_weights), "--data", str(cifar10_python), "--split", "test",
-        "--json", "--plot", str(plot),
+        capsys,
+        "evaluate",
+        "--weights",
+        str(tiny_weights),
+        "--data",
+        str(cifar10_python),
+        "--split",
+        "test",
+        "--json",
+        "--plot",
+        str(plot),
     )
     assert result["images"] == 40
     assert [set(e) >= {"exit", "mflops", "accuracy"} for e in result["exits"]] == [True] * 5
@@ -69,8 +85,9 @@ def test_evaluate_reports_both_curves(
 def test_batch_classifies_a_folder_under_a_budget(
     capsys: pytest.CaptureFixture[str], tiny_weights: Path, image_folder: Path
 ) -> None:
-    report = _run_json(capsys, "batch", str(image_folder), "--weights", str(tiny_weights), "--budget-mflops", "30",
-                       "--json")
+    report = _run_json(
+        capsys, "batch", str(image_folder), "--weights", str(tiny_weights), "--budget-mflops", "30", "--json"
+    )
     assert report["totals"]["images"] == 180
     # The chosen thresholds are the most accurate set whose validation cost fits the budget.
     card = load_card(tiny_weights)
@@ -85,6 +102,7 @@ def test_batch_classifies_a_folder_under_a_budget(
 def test_batch_skips_undecodable_files(capsys: pytest.CaptureFixture[str], tiny_weights: Path, tmp_path: Path) -> None:
     cv2.imwrite(str(tmp_path / "ok.png"), np.zeros((32, 32, 3), np.uint8))
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    report = _run_json(capsys, "batch", str(tmp_path), "--weights", str(tiny_weights), "--budget-mflops", "100",
-                       "--json")
+    report = _run_json(
+        capsys, "batch", str(tmp_path), "--weights", str(tiny_weights), "--budget-mflops", "100", "--json"
+    )
     assert report["totals"]["images"] == 1 and report["skipped"] == [str(tmp_path / "broken.jpg")]

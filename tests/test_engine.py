@@ -186,3 +186,68 @@ def test_a_superseded_tick_stops_even_before_its_first_exit(tiny_classifier, fak
     engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.2, min_exits=1))
     engine._step(old)
     assert log == [("done", Outcome.SUPERSEDED)]
+
+
+def _distinct_request(deadline: float, seed: int, log: list, **kw) -> Job:
+    image = np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    return Job(
+        kind=JobKind.CLASSIFY,
+        images=[image],
+        deadline=deadline,
+        on_exit=lambda job, results: log.append((job.exits_done, results[0].confidence, results[0].class_index)),
+        on_done=lambda job, outcome: log.append(("done", outcome)),
+        min_exits=1,
+        **kw,
+    )
+
+
+def test_waiting_requests_share_one_batch_and_each_gets_its_own_answer(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.001, sizes=(1, 2, 3)), clock=fake_clock)
+    logs: list[list] = [[], [], []]
+    jobs = [engine.submit(_distinct_request(fake_clock() + 10, i, logs[i], max_exits=2)) for i in range(3)]
+    engine._step(jobs[0])
+    assert all(j.exits_done == 1 for j in jobs)  # one step answered all three
+    assert jobs[0].batch is jobs[1].batch is jobs[2].batch and jobs[0].batch.size == 3
+    engine._step(jobs[1])
+    assert engine.pending() == 0 and all(log[-1] == ("done", Outcome.COMPLETE) for log in logs)
+    for i in range(len(jobs)):  # batched answers equal the same image classified alone
+        alone: list = []
+        solo = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+        solo_job = solo.submit(_distinct_request(fake_clock() + 10, i, alone, max_exits=2))
+        solo._step(solo_job)
+        solo._step(solo_job)
+        assert [entry[2] for entry in alone[:2]] == [entry[2] for entry in logs[i][:2]]
+        assert [entry[1] for entry in alone[:2]] == pytest.approx([entry[1] for entry in logs[i][:2]], abs=1e-5)
+
+
+def test_a_request_leaves_its_batch_at_its_deadline_and_the_rest_go_deeper(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.010, sizes=(1, 2)), clock=fake_clock)
+    early_log: list = []
+    late_log: list = []
+    early = engine.submit(_distinct_request(fake_clock() + 0.015, 0, early_log))
+    late = engine.submit(_distinct_request(fake_clock() + 1.0, 1, late_log))
+    engine._step(engine._next_job())  # exit 1 for both, as one batch of 2
+    assert early.exits_done == late.exits_done == 1 and late.batch.size == 2
+    fake_clock.advance(0.010)
+    engine._step(engine._next_job())  # early: 10 ms + 10 ms > 15 ms, so it is answered with exit 1
+    assert early_log[-1] == ("done", Outcome.DEADLINE) and late.batch.size == 1
+    while engine.pending():
+        engine._step(engine._next_job())
+    assert late.exits_done == 5 and late_log[-1] == ("done", Outcome.COMPLETE)
+    # The survivor's rows were kept correctly: its answers match the image classified alone.
+    alone: list = []
+    solo = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    solo_job = solo.submit(_distinct_request(fake_clock() + 10, 1, alone))
+    while solo.pending():
+        solo._step(solo_job)
+    assert [e[2] for e in alone[:5]] == [e[2] for e in late_log[:5]]
+    assert [e[1] for e in alone[:5]] == pytest.approx([e[1] for e in late_log[:5]], abs=1e-5)
+
+
+def test_waiting_requests_are_counted_as_the_batch_they_will_share(tiny_classifier, fake_clock) -> None:
+    latency = _latency(0.001, sizes=(1,))
+    latency.record(0, 4, 0.002)  # a batch of 4 costs twice one image, not four times
+    engine = Engine(tiny_classifier, latency=latency, clock=fake_clock)
+    for i in range(4):
+        engine.submit(_distinct_request(fake_clock() + 1, i, []))
+    assert engine.estimated_wait(fake_clock() + 2) == pytest.approx(0.002)

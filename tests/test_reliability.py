@@ -228,7 +228,7 @@ def _multipart_request(draw: st.DrawFn) -> tuple[bytes, dict[str, str], bool]:
         image_ok
         and name == "file"
         and filename in ("x.jpg", "x")
-        and part_type in (None, *SUPPORTED)
+        and part_type in (None, *SUPPORTED, "application/octet-stream")
         and not second_file
         and cut is None
     )

@@ -57,7 +57,10 @@ async def _image_bytes(request: Request, cap: int) -> tuple[bytes, str | None]:
     upload = form.get("file")
     if upload is None or isinstance(upload, str):
         raise ImageRejected(400, "multipart body has no 'file' field with an image")
-    return await upload.read(), upload.content_type
+    # Browsers and curl label a part by its file name's extension and fall back to
+    # application/octet-stream; the bytes themselves then decide (check_image sniffs them).
+    part_type = (upload.content_type or "").split(";")[0].strip().lower()
+    return await upload.read(), None if part_type == "application/octet-stream" else upload.content_type
 
 
 @router.post(
@@ -82,7 +85,9 @@ async def _image_bytes(request: Request, cap: int) -> tuple[bytes, str | None]:
 async def classify(
     request: Request,
     runtime: RuntimeDep,
-    deadline_ms: Annotated[float, Query(ge=1, le=10000, description="answer within this many milliseconds")] = 50,
+    deadline_ms: Annotated[
+        float, Query(ge=1, le=10000, allow_inf_nan=False, description="answer within this many milliseconds")
+    ] = 50,
     exit: Annotated[int | None, Query(ge=1, description="force this exit instead of the deepest in time")] = None,
 ) -> JSONResponse:
     received_at = runtime.clock()

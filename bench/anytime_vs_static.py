@@ -1,0 +1,243 @@
+"""Anytime against static networks: validation accuracy by a per-image deadline, batch 1, this CPU.
+
+The project's claim: MSDNet answering with the deepest exit it has reached by the deadline is at least
+as accurate as the best static network at every deadline. For each validation image, every model runs
+on the same normalised 32x32 tensor, one after the other (interleaved, so load drifts hit all alike),
+with the torch thread count the service uses:
+
+* MSDNet runs exit by exit through the stepper; the finish time of every exit is recorded. At deadline
+  D its answer is the deepest exit finished by D; with no exit finished, the image counts as wrong.
+* A static network's single forward pass counts only if it finished by D.
+
+Static baselines are CIFAR ResNets trained by ``anytime train --preset resnet20`` with the default
+model's recipe (``model/resnet.py``); pass their exported weights with ``--static``.
+
+    python -m bench.anytime_vs_static [--quick] --static runs/static/resnet20/model.safetensors ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import (
+    SHARED,
+    add_arguments,
+    provenance,
+    provenance_markdown,
+    pyplot,
+    quick_label,
+    update_section,
+    write_json,
+)
+
+NAME = "anytime_vs_static"
+DATASET = SHARED / "datasets" / "cifar10" / "train"
+DEADLINES_MS = (2, 5, 10, 20, 50, 100)
+QUICK_IMAGES = 300
+WARMUP_IMAGES = 20
+
+
+def time_anytime(model: Any, x: torch.Tensor) -> tuple[list[float], list[int]]:
+    """Seconds from the start to each exit's answer, and each exit's predicted class."""
+    times, preds = [], []
+    t0 = time.perf_counter()
+    stepper = model.stepper(x)
+    while not stepper.finished:
+        out = stepper.advance()
+        preds.append(int(out.logits.argmax(1)))
+        times.append(time.perf_counter() - t0)
+    return times, preds
+
+
+def time_static(model: Any, x: torch.Tensor) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        logits = model(x)[0]
+    return time.perf_counter() - t0, int(logits.argmax(1))
+
+
+def accuracy_by_deadline(
+    anytime: list[tuple[list[float], list[int]]],
+    static: dict[str, list[tuple[float, int]]],
+    labels: list[int],
+    deadlines_ms: tuple[int, ...] = DEADLINES_MS,
+) -> dict[str, Any]:
+    """The benchmark's figures from per-image timings and predictions."""
+    n = len(labels)
+    msdnet, exit_reached = [], []
+    for d in deadlines_ms:
+        correct, depth = 0, []
+        for (times, preds), label in zip(anytime, labels):
+            done = [k for k, t in enumerate(times) if t * 1000 <= d]
+            depth.append(done[-1] + 1 if done else 0)
+            correct += bool(done) and preds[done[-1]] == label
+        msdnet.append(round(correct / n, 5))
+        exit_reached.append(round(float(np.mean(depth)), 3))
+    static_acc = {
+        name: [round(sum(t * 1000 <= d and p == y for (t, p), y in zip(runs, labels)) / n, 5) for d in deadlines_ms]
+        for name, runs in static.items()
+    }
+    return {"deadlines_ms": list(deadlines_ms), "msdnet": msdnet, "msdnet_mean_exit": exit_reached,
+            "static": static_acc}  # fmt: skip
+
+
+def verdicts(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per deadline: is MSDNet at least as accurate as the best static network?"""
+    rows = []
+    for i, d in enumerate(figures["deadlines_ms"]):
+        best_name, best = max(((n, a[i]) for n, a in figures["static"].items()), key=lambda t: t[1], default=("", 0))
+        rows.append({"deadline_ms": d, "best_static": best_name, "best_static_accuracy": best,
+                     "msdnet": figures["msdnet"][i], "holds": figures["msdnet"][i] >= best})  # fmt: skip
+    return rows
+
+
+def markdown(data: dict[str, Any], quick: bool) -> str:
+    f = data
+    names = list(f["static"])
+    head = "| deadline (ms) | MSDNet (mean exit) | " + " | ".join(names) + " | claim |"
+    rows = [head, "|" + "---|" * (3 + len(names))]
+    for i, v in enumerate(data["verdicts"]):
+        statics = " | ".join(f"{100 * f['static'][n][i]:.2f} %" for n in names)
+        rows.append(
+            f"| {v['deadline_ms']} | {100 * v['msdnet']:.2f} % ({f['msdnet_mean_exit'][i]}) | {statics} "
+            f"| {'holds' if v['holds'] else '**fails**'} |"
+        )
+    models = "; ".join(
+        f"{m['name']}: {m['mflops']:.1f} MFLOPs, {m['params'] / 1e6:.2f} M params, "
+        f"{m['accuracy_no_deadline'] * 100:.2f} % with no deadline, median {m['median_ms']:.2f} ms "
+        f"(p90 {m['p90_ms']:.2f} ms), trained {m['train_epochs']} epochs in {m['train_hours']} h"
+        for m in data["models"]
+    )
+    held = all(v["holds"] for v in data["verdicts"])
+    return "\n".join(
+        [
+            "## Anytime against static networks under a per-image deadline",
+            "",
+            provenance_markdown(data, quick),
+            "",
+            f"{data['images']} validation images, batch 1, {data['torch_threads']} torch thread(s), every model on "
+            "every image in turn. MSDNet answers with the deepest exit finished by the deadline; a static "
+            "network's answer counts only if its pass finished by then. Accuracy counts an unanswered image as "
+            "wrong.",
+            "",
+            *rows,
+            "",
+            f"Models — {models}.",
+            "",
+            f"Claim (MSDNet at least as accurate as the best static network at every deadline): "
+            f"**{'holds' if held else 'does not hold everywhere'}**.",
+            "",
+            f"![accuracy by deadline](bench/{NAME}.png)",
+        ]
+    )
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    f = data
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    ax.plot(f["deadlines_ms"], [100 * a for a in f["msdnet"]], "o-", lw=2, label="MSDNet, deepest exit in time")
+    for name, accs in f["static"].items():
+        ax.plot(f["deadlines_ms"], [100 * a for a in accs], "s--", label=f"{name} (static)")
+    ax.set(xscale="log", xlabel="deadline per image (ms)", ylabel="validation accuracy (%)", ylim=(0, 100))
+    ax.set_xticks(f["deadlines_ms"], [str(d) for d in f["deadlines_ms"]])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _summary(name: str, times: list[float], correct: float, mflops: float, params: int, training: dict) -> dict:
+    return {
+        "name": name,
+        "mflops": round(mflops, 3),
+        "params": params,
+        "accuracy_no_deadline": round(correct, 5),
+        "median_ms": round(1000 * float(np.median(times)), 3),
+        "p90_ms": round(1000 * float(np.percentile(times, 90)), 3),
+        "train_epochs": training.get("epochs_total", training.get("epochs_done")),
+        "train_hours": round(training.get("train_seconds_total", training.get("train_seconds", 0)) / 3600, 2),
+    }
+
+
+def main() -> None:
+    from model.data import load_split, normalize
+    from model.resnet import load_static
+    from model.weights import load_model
+    from service.app import default_torch_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser, NAME)
+    parser.add_argument("--static", type=Path, nargs="+", required=True, help="exported static baselines")
+    parser.add_argument("--weights", default="default", help="the MSDNet to test (default: the shipped one)")
+    args = parser.parse_args()
+    torch.set_num_threads(default_torch_threads())
+    model, card = load_model(args.weights)
+    statics = {}
+    for path in args.static:
+        static_model, static_card = load_static(path)
+        same = [list(static_card.classes), list(static_card.mean), list(static_card.std)]
+        if same != [list(card.classes), list(card.mean), list(card.std)]:
+            parser.error(f"{path} was trained on other classes or normalisation than {args.weights}")
+        statics[static_card.preset] = (static_model, static_card)
+    val = load_split(DATASET, "val", classes=tuple(card.classes))
+    if args.quick:  # the split is sorted by class: a seeded random subset, not a prefix
+        val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:QUICK_IMAGES])
+    images = normalize(val.images, tuple(card.mean), tuple(card.std))
+    labels = [int(y) for y in val.labels]
+    for i in range(WARMUP_IMAGES):
+        x = images[i : i + 1]
+        time_anytime(model, x)
+        for m, _ in statics.values():
+            time_static(m, x)
+    anytime_runs: list[tuple[list[float], list[int]]] = []
+    static_runs: dict[str, list[tuple[float, int]]] = {name: [] for name in statics}
+    t0 = time.perf_counter()
+    for i in range(len(labels)):
+        x = images[i : i + 1]
+        anytime_runs.append(time_anytime(model, x))
+        for name, (m, _) in statics.items():
+            static_runs[name].append(time_static(m, x))
+        if (i + 1) % 500 == 0:
+            print(f"  {i + 1}/{len(labels)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    figures = accuracy_by_deadline(anytime_runs, static_runs, labels)
+    models = [
+        _summary(
+            card.preset,
+            [t[-1] for t, _ in anytime_runs],
+            float(np.mean([p[-1] == y for (_, p), y in zip(anytime_runs, labels)])),
+            card.exits[-1].mflops,
+            card.exits[-1].params,
+            card.training,
+        )
+    ]
+    for name, (_, c) in statics.items():
+        runs = static_runs[name]
+        correct = float(np.mean([p == y for (_, p), y in zip(runs, labels)]))
+        models.append(_summary(name, [t for t, _ in runs], correct, c.mflops, c.params, c.training))
+    data: dict[str, Any] = {
+        **provenance(f"bench.{NAME}"),
+        "quick": args.quick,
+        "images": len(labels),
+        "torch_threads": torch.get_num_threads(),
+        **figures,
+        "models": models,
+    }
+    data["verdicts"] = verdicts(figures)
+    data["claim_holds"] = all(v["holds"] for v in data["verdicts"])
+    write_json(args.out, data)
+    plot(data, args.out.with_suffix(".png"))
+    update_section(args.md, NAME, markdown(data, args.quick))
+    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
+
+
+if __name__ == "__main__":
+    main()
