@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="POST /classify body cap (413)")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="decompression-bomb guard for uploads")
     max_pending_classify: int = Field(default=32, ge=1, description="uploads waiting for the engine before 503")
+    max_subscribers: int = Field(
+        default=256, ge=1, description="websocket subscriptions at once, all cameras; more are closed with 1013"
+    )
     token: SecretStr | None = Field(default=None, description="bearer token required by the API; None: no auth")
     host: str = Field(default="127.0.0.1", description="listen address; loopback unless asked otherwise")
     port: int = Field(default=8000, ge=1, le=65535)

@@ -187,3 +187,13 @@ def test_bad_weights_path_fails_start_up_clearly(tmp_path: Path) -> None:
     settings = load_settings(weights=str(tmp_path / "missing.safetensors"))
     with pytest.raises(FileNotFoundError, match="weights file"), TestClient(create_app(settings)):
         pass
+
+
+def test_subscribers_beyond_the_cap_are_told_to_come_back_later(tiny_classifier) -> None:
+    app = create_app(load_settings(max_subscribers=1), classifier=tiny_classifier)
+    with TestClient(app) as c, c.websocket_connect("/ws/cameras/synthetic") as first:
+        first.receive_text()
+        with c.websocket_connect("/ws/cameras/synthetic") as second, pytest.raises(WebSocketDisconnect) as info:
+            second.receive_text()
+        assert info.value.code == 1013 and "try again later" in info.value.reason
+        first.receive_text()  # the first subscription is untouched

@@ -13,12 +13,13 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from service.api.deps import websocket_token_ok
 
-__all__ = ["CLOSE_UNAUTHORIZED", "CLOSE_UNKNOWN_CAMERA", "router"]
+__all__ = ["CLOSE_TRY_AGAIN_LATER", "CLOSE_UNAUTHORIZED", "CLOSE_UNKNOWN_CAMERA", "router"]
 
 router = APIRouter(tags=["stream"])
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_CAMERA = 4404
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: the server is over capacity
 
 
 @router.websocket("/ws/cameras/{camera_id}")
@@ -31,6 +32,12 @@ async def camera_predictions(websocket: WebSocket, camera_id: str) -> None:
     if camera_id not in runtime.cameras.ids:
         known = ", ".join(runtime.cameras.ids)
         await websocket.close(CLOSE_UNKNOWN_CAMERA, f"unknown camera {camera_id!r}; known: {known}"[:120])
+        return
+    # Each subscriber costs a task and a mailbox: cap them so a flood of connections cannot
+    # starve the event loop that publishes every camera's ticks.
+    cap = runtime.settings.max_subscribers
+    if sum(runtime.publisher.subscriber_counts().values()) >= cap:
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, f"{cap} subscribers already connected; try again later")
         return
     sub = runtime.publisher.subscribe(camera_id, websocket.send_text)
     sender = asyncio.create_task(sub.run())
