@@ -8,7 +8,7 @@
 const TOKEN = new URLSearchParams(location.search).get("token");
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
-const CLOSE_REASONS = { 4401: "access token rejected", 4404: "unknown camera" };
+const CLOSE_REASONS = { 1013: "server full", 4401: "access token rejected", 4404: "unknown camera" };
 
 /** Delay before reconnect attempt n (0, 1, 2, ...): 1 s, 2 s, 4 s, ... capped at 30 s. */
 const backoff = (n) => Math.min(BACKOFF_MIN_MS * 2 ** n, BACKOFF_MAX_MS);
