@@ -260,6 +260,7 @@ class Engine:
                 return
         batch = job.batch or self._start_batch(job)
         block = job.exits_done
+        self._expire_waiting(batch, t0 + self.latency.predict(block, batch.size))
         out = batch.stepper.advance(lambda: self._should_yield(job, guaranteed))
         elapsed = self.clock() - t0
         for member in batch.jobs:
@@ -278,6 +279,15 @@ class Engine:
         for member in list(batch.jobs):
             if member.exits_done >= self._limit(member):
                 self._finish(member, Outcome.COMPLETE)
+
+    def _expire_waiting(self, running: _Batch, block_ends: float) -> None:
+        """Answer now every other job that has its guaranteed exits and whose deadline falls before
+        the block about to run can end: it cannot go deeper in time, and waiting for the block would
+        only make its answer late (under load, a request preempted by newcomers' exit 1)."""
+        with self._cond:
+            expired = [j for j in self._jobs if j.batch is not running and not _owes(j) and j.deadline < block_ends]
+        for job in expired:
+            self._finish(job, Outcome.DEADLINE)
 
     def _limit(self, job: Job) -> int:
         return min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)

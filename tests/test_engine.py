@@ -251,3 +251,18 @@ def test_waiting_requests_are_counted_as_the_batch_they_will_share(tiny_classifi
     for i in range(4):
         engine.submit(_distinct_request(fake_clock() + 1, i, []))
     assert engine.estimated_wait(fake_clock() + 2) == pytest.approx(0.002)
+
+
+def test_a_preempted_request_is_answered_at_its_deadline_not_after_the_newcomers_block(
+    tiny_classifier, fake_clock
+) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.010), clock=fake_clock)
+    old_log: list = []
+    old = engine.submit(_distinct_request(fake_clock() + 0.018, 0, old_log))
+    engine._step(old)  # exit 1
+    fake_clock.advance(0.010)
+    newcomer = engine.submit(_distinct_request(fake_clock() + 0.050, 1, []))  # old has 8 ms left
+    assert engine._next_job() is newcomer  # owed exit 1 first
+    engine._step(newcomer)  # its 10 ms block would end after old's deadline: old is answered first
+    assert old_log[-1] == ("done", Outcome.DEADLINE) and old.exits_done == 1
+    assert newcomer.exits_done == 1
