@@ -32,6 +32,7 @@ from bench.common import (
     quick_label,
     spread,
     update_section,
+    use_service_threads,
     write_json,
 )
 
@@ -182,6 +183,7 @@ def main() -> None:
     else:
         cells = [(d, c) for d in (20, 50, 100) for c in (1, 4, 16, 32)] + [(50, 8)]
         duration, warmup, limit = 30.0, 2.0, None
+    use_service_threads()
     images = validation_images(limit)
     data: dict[str, Any] = {
         **provenance(f"bench.{NAME}"),

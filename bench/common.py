@@ -108,6 +108,19 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def use_service_threads() -> int:
+    """Give this process the torch thread count ``anytime serve`` would pick, before provenance is taken.
+
+    The service sets it at start-up for the whole process; a benchmark that runs the service in a
+    thread must report that count, not torch's default."""
+    import torch
+
+    from service.app import default_torch_threads
+
+    torch.set_num_threads(default_torch_threads())
+    return torch.get_num_threads()
+
+
 def provenance(module: str) -> dict[str, Any]:
     return {"machine": machine(), "command": command_line(module), "date": utc_now()}
 

@@ -207,7 +207,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
+    import torch
+
     from model.weights import load_model
+    from service.app import default_torch_threads
     from service.classifier import AnytimeClassifier
     from service.sources import SyntheticSource
 
@@ -216,6 +219,9 @@ def main() -> None:
     args = parser.parse_args()
     reps = {1: (30, 5), 64: (5, 2)} if args.quick else {1: (300, 30), 64: (40, 5)}
     duration, settle = (3.0, 1.0) if args.quick else (10.0, 3.0)
+    # Everything here runs with the thread count the service uses, so (a) and (b) compare like with like
+    # (torch's thread count is per process: the service thread below would set it anyway).
+    torch.set_num_threads(default_torch_threads())
     data: dict[str, Any] = {**provenance(f"bench.{NAME}"), "quick": args.quick}
     model, card = load_model("default")
     data["stepper_vs_forward"] = []
@@ -227,7 +233,7 @@ def main() -> None:
     data["claim_max_overhead_percent"] = CLAIM_MAX_OVERHEAD_PERCENT
     data["claim_pass"] = data["worst_overhead_percent"] <= CLAIM_MAX_OVERHEAD_PERCENT
 
-    classifier = AnytimeClassifier(model, card)
+    classifier = AnytimeClassifier.load("default", "cpu")  # what the service runs: BatchNorm folded
     source = SyntheticSource(640, 360, fps=1000.0, sleep=lambda s: None)
     source.open()
     frames = [source.read() for _ in range(64)]

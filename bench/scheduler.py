@@ -29,6 +29,7 @@ from bench.common import (
     quick_label,
     spread,
     update_section,
+    use_service_threads,
     write_json,
 )
 from bench.ticks import TickRecorder
@@ -214,6 +215,7 @@ def main() -> None:
     add_arguments(parser, NAME)
     args = parser.parse_args()
     counts, duration, settle = ((1, 4), 5.0, 1.0) if args.quick else ((1, 2, 4, 8, 16), 60.0, 3.0)
+    use_service_threads()
     data: dict[str, Any] = {**provenance(f"bench.{NAME}"), "quick": args.quick, "tick_hz": 10.0, "duration_s": duration}
     results = []
     for n in counts:
