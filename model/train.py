@@ -189,14 +189,14 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, nesterov=True
     )
     gen = torch.Generator().manual_seed(opts.seed)
-    start_epoch, train_seconds = 0, 0.0
+    start_epoch, total_seconds = 0, 0.0  # all epochs' wall time, across resumes
     if opts.init_from:
         if not isinstance(model, MSDNet):
             raise ValueError("--init-from takes MSDNet weights; static baselines start from scratch")
         _init_from(model, opts.init_from, opts.preset, train_set.classes)
     if resume and (out / "checkpoint.safetensors").exists():
         state = _load_checkpoint(out, model, optim, gen)
-        start_epoch, train_seconds = state["epoch"], state.get("train_seconds", 0.0)
+        start_epoch, total_seconds = state["epoch"], state.get("train_seconds", 0.0)
         print(json.dumps({"resumed_from_epoch": start_epoch}), flush=True)
     steps = math.ceil(len(train_set) / opts.batch_size)
     metrics_file = (out / "metrics.jsonl").open("a")
@@ -234,15 +234,15 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             "images_per_s": round(seen / train_seconds, 1),
             "epoch_seconds": round(time.monotonic() - t0, 1),
         }
-        train_seconds += record["epoch_seconds"]
+        total_seconds += record["epoch_seconds"]
         print(json.dumps(record), flush=True)
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         if isinstance(model, CifarResNet):
-            _export_static(out, model, opts, train_set.classes, mean, std, val_acc[0], epoch + 1, train_seconds)
+            _export_static(out, model, opts, train_set.classes, mean, std, val_acc[0], epoch + 1, total_seconds)
         else:
-            _export(out, model, opts, train_set, val_set, mean, std, probs, val_acc, epoch + 1, train_seconds)
-        state = {"epoch": epoch + 1, "train_seconds": round(train_seconds, 1), "options": asdict(opts)}
+            _export(out, model, opts, train_set, val_set, mean, std, probs, val_acc, epoch + 1, total_seconds)
+        state = {"epoch": epoch + 1, "train_seconds": round(total_seconds, 1), "options": asdict(opts)}
         _save_checkpoint(out, model, optim, gen, state)
     metrics_file.close()
     return out / "model.safetensors"

@@ -48,5 +48,6 @@ def test_a_static_baseline_trains_and_exports(cifar10_python: Path, tmp_path: Pa
     model, card = load_static(out / "model.safetensors")
     assert card.preset == "resnet20" and card.training["epochs_done"] == 2
     assert card.val_accuracy == records[1]["val_accuracy"][0]
+    assert card.training["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in records), abs=0.2)
     assert card.classes == ["airplane", "automobile", "bird"]
     assert model(torch.zeros(1, 3, 32, 32))[0].shape == (1, 3)
