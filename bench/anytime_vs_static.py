@@ -30,10 +30,10 @@ from bench.common import (
     add_arguments,
     provenance,
     provenance_markdown,
+    publish,
     pyplot,
     quick_label,
-    update_section,
-    write_json,
+    use_service_threads,
 )
 
 NAME = "anytime_vs_static"
@@ -98,14 +98,13 @@ def verdicts(figures: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def markdown(data: dict[str, Any], quick: bool) -> str:
-    f = data
-    names = list(f["static"])
+    names = list(data["static"])
     head = "| deadline (ms) | MSDNet (mean exit) | " + " | ".join(names) + " | claim |"
     rows = [head, "|" + "---|" * (3 + len(names))]
     for i, v in enumerate(data["verdicts"]):
-        statics = " | ".join(f"{100 * f['static'][n][i]:.2f} %" for n in names)
+        statics = " | ".join(f"{100 * data['static'][n][i]:.2f} %" for n in names)
         rows.append(
-            f"| {v['deadline_ms']} | {100 * v['msdnet']:.2f} % ({f['msdnet_mean_exit'][i]}) | {statics} "
+            f"| {v['deadline_ms']} | {100 * v['msdnet']:.2f} % ({data['msdnet_mean_exit'][i]}) | {statics} "
             f"| {'holds' if v['holds'] else '**fails**'} |"
         )
     models = "; ".join(
@@ -114,7 +113,7 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
         f"(p90 {m['p90_ms']:.2f} ms), trained {m['train_epochs']} epochs in {m['train_hours']} h"
         for m in data["models"]
     )
-    held = all(v["holds"] for v in data["verdicts"])
+    held = data["claim_holds"]
     return "\n".join(
         [
             "## Anytime against static networks under a per-image deadline",
@@ -140,13 +139,12 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
 
 def plot(data: dict[str, Any], path: Path) -> None:
     plt = pyplot()
-    f = data
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
-    ax.plot(f["deadlines_ms"], [100 * a for a in f["msdnet"]], "o-", lw=2, label="MSDNet, deepest exit in time")
-    for name, accs in f["static"].items():
-        ax.plot(f["deadlines_ms"], [100 * a for a in accs], "s--", label=f"{name} (static)")
+    ax.plot(data["deadlines_ms"], [100 * a for a in data["msdnet"]], "o-", lw=2, label="MSDNet, deepest exit in time")
+    for name, accs in data["static"].items():
+        ax.plot(data["deadlines_ms"], [100 * a for a in accs], "s--", label=f"{name} (static)")
     ax.set(xscale="log", xlabel="deadline per image (ms)", ylabel="validation accuracy (%)", ylim=(0, 100))
-    ax.set_xticks(f["deadlines_ms"], [str(d) for d in f["deadlines_ms"]])
+    ax.set_xticks(data["deadlines_ms"], [str(d) for d in data["deadlines_ms"]])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
@@ -172,14 +170,13 @@ def main() -> None:
     from model.data import load_split, normalize
     from model.resnet import load_static
     from model.weights import load_model
-    from service.app import default_torch_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser, NAME)
     parser.add_argument("--static", type=Path, nargs="+", required=True, help="exported static baselines")
     parser.add_argument("--weights", default="default", help="the MSDNet to test (default: the shipped one)")
     args = parser.parse_args()
-    torch.set_num_threads(default_torch_threads())
+    use_service_threads()
     model, card = load_model(args.weights)
     statics = {}
     for path in args.static:
@@ -232,10 +229,7 @@ def main() -> None:
     }
     data["verdicts"] = verdicts(figures)
     data["claim_holds"] = all(v["holds"] for v in data["verdicts"])
-    write_json(args.out, data)
-    plot(data, args.out.with_suffix(".png"))
-    update_section(args.md, NAME, markdown(data, args.quick))
-    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
+    publish(args, NAME, data, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,9 @@ from bench.common import (
     add_arguments,
     provenance,
     provenance_markdown,
+    publish,
     pyplot,
     quick_label,
-    update_section,
-    write_json,
 )
 
 NAME = "budgeted"
@@ -191,10 +190,7 @@ def main() -> None:
     data["evaluate_s"] = round(time.perf_counter() - t0, 1)
     data["analysis"] = analyse(data["result"], card)
     print(f"  {data['analysis']}", flush=True)
-    write_json(args.out, data)
-    plot(data, args.out.with_suffix(".png"))
-    update_section(args.md, NAME, markdown(data, args.quick))
-    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
+    publish(args, NAME, data, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -28,12 +28,11 @@ from bench.common import (
     cpu_seconds,
     provenance,
     provenance_markdown,
+    publish,
     pyplot,
     quick_label,
     spread,
-    update_section,
     use_service_threads,
-    write_json,
 )
 
 NAME = "classify"
@@ -224,10 +223,7 @@ def main() -> None:
         for c in results
         if c["deadline_ms"] == FLOOR["deadline_ms"] and c["concurrency"] in FLOOR["concurrency"]
     ]
-    write_json(args.out, data)
-    plot(data, args.out.with_suffix(".png"))
-    update_section(args.md, NAME, markdown(data, args.quick))
-    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
+    publish(args, NAME, data, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +190,20 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def publish(
+    args: argparse.Namespace,
+    name: str,
+    data: dict[str, Any],
+    markdown: Callable[[dict[str, Any], bool], str],
+    plot: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """Write a benchmark's results: raw JSON, the plot beside it, and its section of the results page."""
+    write_json(args.out, data)
+    plot(data, args.out.with_suffix(".png"))
+    update_section(args.md, name, markdown(data, args.quick))
+    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
 
 
 def pyplot() -> Any:

@@ -29,10 +29,10 @@ from bench.common import (
     add_arguments,
     provenance,
     provenance_markdown,
+    publish,
     pyplot,
     quick_label,
-    update_section,
-    write_json,
+    use_service_threads,
 )
 from bench.scheduler import measure
 
@@ -207,10 +207,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    import torch
-
     from model.weights import load_model
-    from service.app import default_torch_threads
     from service.classifier import AnytimeClassifier
     from service.sources import SyntheticSource
 
@@ -221,7 +218,7 @@ def main() -> None:
     duration, settle = (3.0, 1.0) if args.quick else (10.0, 3.0)
     # Everything here runs with the thread count the service uses, so (a) and (b) compare like with like
     # (torch's thread count is per process: the service thread below would set it anyway).
-    torch.set_num_threads(default_torch_threads())
+    use_service_threads()
     data: dict[str, Any] = {**provenance(f"bench.{NAME}"), "quick": args.quick}
     model, card = load_model("default")
     data["stepper_vs_forward"] = []
@@ -246,10 +243,7 @@ def main() -> None:
     print(f"service, {SERVICE_CAMERAS} cameras at {SERVICE_TICK_HZ:g} Hz, {duration:g} s ...", flush=True)
     data["service"] = service_throughput(duration, settle, card.exit_mflops[-1])
     print(f"  {data['service']}", flush=True)
-    write_json(args.out, data)
-    plot(data, args.out.with_suffix(".png"))
-    update_section(args.md, NAME, markdown(data, args.quick))
-    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
+    publish(args, NAME, data, markdown, plot)
 
 
 if __name__ == "__main__":

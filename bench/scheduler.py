@@ -25,12 +25,11 @@ from bench.common import (
     percentile,
     provenance,
     provenance_markdown,
+    publish,
     pyplot,
     quick_label,
     spread,
-    update_section,
     use_service_threads,
-    write_json,
 )
 from bench.ticks import TickRecorder
 
@@ -235,10 +234,7 @@ def main() -> None:
         else bool(four["lateness_ms"]["p99"] <= FLOOR["max_p99_lateness_ms"] and four["missed_ticks"] == 0),
         "measured_duration_s": duration,
     }
-    write_json(args.out, data)
-    plot(data, args.out.with_suffix(".png"))
-    update_section(args.md, NAME, markdown(data, args.quick))
-    print(f"wrote {args.out}, {args.out.with_suffix('.png')} and {args.md}")
+    publish(args, NAME, data, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ caller really pays for those.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from model.msdnet import MSDNet
 
-__all__ = ["ExitCost", "exit_costs", "module_ops"]
+__all__ = ["ExitCost", "counting_ops", "exit_costs", "module_ops"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,21 @@ def module_ops(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) ->
     return 0.0
 
 
+@contextmanager
+def counting_ops(model: nn.Module, hook: Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]) -> Iterator[None]:
+    """Call ``hook`` after every leaf module runs, with the model in eval mode; restores both on exit."""
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def exit_costs(model: MSDNet) -> list[ExitCost]:
     """Cumulative multiply-adds and parameters up to each exit, for one image."""
     size = model.config.input_size
@@ -61,18 +78,10 @@ def exit_costs(model: MSDNet) -> list[ExitCost]:
             seen.add(id(module))
             params += sum(p.numel() for p in module.parameters(recurse=False))
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    model.eval()
-    try:
+    with counting_ops(model, hook):
         costs = []
         param = next(model.parameters())
         image = torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device)
         for out in model.iter_exits(image):
             costs.append(ExitCost(exit=out.exit, mflops=ops / 1e6, params=params))
         return costs
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from model.flops import module_ops
+from model.flops import counting_ops, module_ops
 
 __all__ = ["RESNET_DEPTHS", "CifarResNet", "StaticCard", "load_static", "save_static"]
 
@@ -88,17 +88,8 @@ class CifarResNet(nn.Module):
             nonlocal ops
             ops += module_ops(module, inputs, output)
 
-        leaves = [m for m in self.modules() if not list(m.children())]
-        handles = [m.register_forward_hook(hook) for m in leaves]
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                self(torch.zeros(1, 3, self.input_size, self.input_size))
-        finally:
-            for h in handles:
-                h.remove()
-            self.train(was_training)
+        with counting_ops(self, hook), torch.inference_mode():
+            self(torch.zeros(1, 3, self.input_size, self.input_size))
         return ops / 1e6
 
 
