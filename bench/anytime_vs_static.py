@@ -3,21 +3,28 @@
 The project's claim: MSDNet answering with the deepest exit it has reached by the deadline is at least
 as accurate as the best static network at every deadline. For each validation image, every model runs
 on the same 32x32 image (normalised as that model was trained), one after the other (interleaved, so
-load drifts hit all alike), with the torch thread count the service uses:
+load drifts hit all alike), with the torch thread count the service uses and every model's BatchNorms
+folded into its convolutions, as the service serves MSDNet (``model/fuse.py``):
 
 * MSDNet runs exit by exit through the stepper; the finish time of every exit is recorded. At deadline
   D its answer is the deepest exit finished by D; with no exit finished, the image counts as wrong.
 * A static network's single forward pass counts only if it finished by D.
 
 Static baselines are CIFAR ResNets trained by ``anytime train --preset resnet20`` with the default
-model's recipe (``model/resnet.py``); pass their exported weights with ``--static``.
+model's recipe (``model/resnet.py``); pass their exported weights with ``--static``. The claim is tested
+on ``--weights``; ``--also`` adds more anytime models (the shipped default, say) as extra rows.
 
-    python -m bench.anytime_vs_static [--quick] --static runs/static/resnet20/model.safetensors ...
+``bench/weights/`` holds an equal-time trio (one recipe, the same 400 s each on one H200, side by side;
+``docs/training/equal-time.command.sh``), so the published figures can be reproduced:
+
+    python -m bench.anytime_vs_static --weights bench/weights/msdnet-equal-time.safetensors --also default \
+        --static bench/weights/resnet20-equal-time.safetensors bench/weights/resnet56-equal-time.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -62,6 +69,23 @@ def time_static(model: Any, x: torch.Tensor) -> tuple[float, int]:
     return time.perf_counter() - t0, int(logits.argmax(1))
 
 
+def anytime_accuracy(
+    runs: list[tuple[list[float], list[int]]], labels: list[int], deadlines_ms: tuple[int, ...]
+) -> tuple[list[float], list[float]]:
+    """Accuracy and mean exit reached at each deadline, answering with the deepest exit in time."""
+    n = len(labels)
+    accuracy, exit_reached = [], []
+    for d in deadlines_ms:
+        correct, depth = 0, []
+        for (times, preds), label in zip(runs, labels):
+            done = [k for k, t in enumerate(times) if t * 1000 <= d]
+            depth.append(done[-1] + 1 if done else 0)
+            correct += bool(done) and preds[done[-1]] == label
+        accuracy.append(round(correct / n, 5))
+        exit_reached.append(round(float(np.mean(depth)), 3))
+    return accuracy, exit_reached
+
+
 def accuracy_by_deadline(
     anytime: list[tuple[list[float], list[int]]],
     static: dict[str, list[tuple[float, int]]],
@@ -70,15 +94,7 @@ def accuracy_by_deadline(
 ) -> dict[str, Any]:
     """The benchmark's figures from per-image timings and predictions."""
     n = len(labels)
-    msdnet, exit_reached = [], []
-    for d in deadlines_ms:
-        correct, depth = 0, []
-        for (times, preds), label in zip(anytime, labels):
-            done = [k for k, t in enumerate(times) if t * 1000 <= d]
-            depth.append(done[-1] + 1 if done else 0)
-            correct += bool(done) and preds[done[-1]] == label
-        msdnet.append(round(correct / n, 5))
-        exit_reached.append(round(float(np.mean(depth)), 3))
+    msdnet, exit_reached = anytime_accuracy(anytime, labels, deadlines_ms)
     static_acc = {
         name: [round(sum(t * 1000 <= d and p == y for (t, p), y in zip(runs, labels)) / n, 5) for d in deadlines_ms]
         for name, runs in static.items()
@@ -93,26 +109,31 @@ def verdicts(figures: dict[str, Any]) -> list[dict[str, Any]]:
     for i, d in enumerate(figures["deadlines_ms"]):
         best_name, best = max(((n, a[i]) for n, a in figures["static"].items()), key=lambda t: t[1], default=("", 0))
         rows.append({"deadline_ms": d, "best_static": best_name, "best_static_accuracy": best,
-                     "msdnet": figures["msdnet"][i], "holds": figures["msdnet"][i] >= best})  # fmt: skip
+                     "msdnet": figures["msdnet"][i], "holds": figures["msdnet"][i] >= best,
+                     "vacuous": figures["msdnet"][i] == best == 0})  # fmt: skip
     return rows
 
 
 def markdown(data: dict[str, Any], quick: bool) -> str:
     names = list(data["static"])
-    head = "| deadline (ms) | MSDNet (mean exit) | " + " | ".join(names) + " | claim |"
-    rows = [head, "|" + "---|" * (3 + len(names))]
+    others = list(data.get("also", {}))
+    head = (
+        f"| deadline (ms) | {data['models'][0]['name']} (mean exit) | "
+        + "".join(f"{o} (mean exit) | " for o in others)
+        + " | ".join(names)
+        + " | claim |"
+    )
+    rows = [head, "|" + "---|" * (3 + len(others) + len(names))]
     for i, v in enumerate(data["verdicts"]):
         statics = " | ".join(f"{100 * data['static'][n][i]:.2f} %" for n in names)
-        rows.append(
-            f"| {v['deadline_ms']} | {100 * v['msdnet']:.2f} % ({data['msdnet_mean_exit'][i]}) | {statics} "
-            f"| {'holds' if v['holds'] else '**fails**'} |"
+        extra = "".join(
+            f"{100 * data['also'][o]['accuracy'][i]:.2f} % ({data['also'][o]['mean_exit'][i]}) | " for o in others
         )
-    models = "; ".join(
-        f"{m['name']}: {m['mflops']:.1f} MFLOPs, {m['params'] / 1e6:.2f} M params, "
-        f"{m['accuracy_no_deadline'] * 100:.2f} % with no deadline, median {m['median_ms']:.2f} ms "
-        f"(p90 {m['p90_ms']:.2f} ms), trained {m['train_epochs']} epochs in {m['train_hours']} h"
-        for m in data["models"]
-    )
+        rows.append(
+            f"| {v['deadline_ms']} | {100 * v['msdnet']:.2f} % ({data['msdnet_mean_exit'][i]}) | {extra}{statics} "
+            f"| {_verdict(v)} |"
+        )
+    models = "; ".join(_describe(m) for m in data["models"])
     held = data["claim_holds"]
     return "\n".join(
         [
@@ -129,7 +150,8 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
             "",
             f"Models — {models}.",
             "",
-            f"Claim (MSDNet at least as accurate as the best static network at every deadline): "
+            f"Claim ({data['models'][0]['name']} at least as accurate as the best static network at every "
+            "deadline): "
             f"**{'holds' if held else 'does not hold everywhere'}**.",
             "",
             f"![accuracy by deadline](bench/{NAME}.png)",
@@ -137,20 +159,60 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
     )
 
 
+def _describe(m: dict[str, Any]) -> str:
+    text = (
+        f"{m['name']}: {m['mflops']:.1f} MFLOPs, {m['params'] / 1e6:.2f} M params, "
+        f"{m['accuracy_no_deadline'] * 100:.2f} % with no deadline, median {m['median_ms']:.2f} ms "
+        f"(p90 {m['p90_ms']:.2f} ms)"
+    )
+    if m.get("exit_median_ms"):
+        text += f", median time to each exit {' / '.join(f'{t:.2f}' for t in m['exit_median_ms'])} ms"
+    return text + f", trained {m['train_epochs']} epochs ({m['trained']})"
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row.get("vacuous"):
+        return "no model answers"
+    return "holds" if row["holds"] else "**fails**"
+
+
 def plot(data: dict[str, Any], path: Path) -> None:
+    """Left: the whole range (who answers at all); right: zoomed to the answers' accuracies."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
-    ax.plot(data["deadlines_ms"], [100 * a for a in data["msdnet"]], "o-", lw=2, label="MSDNet, deepest exit in time")
-    for name, accs in data["static"].items():
-        ax.plot(data["deadlines_ms"], [100 * a for a in accs], "s--", label=f"{name} (static)")
-    ax.set(xscale="log", xlabel="deadline per image (ms)", ylabel="validation accuracy (%)", ylim=(0, 100))
-    ax.set_xticks(data["deadlines_ms"], [str(d) for d in data["deadlines_ms"]])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    subject = data["models"][0]["name"]
+    zoom_floor = min(100 * a for a in [*data["msdnet"], *(v for s in data["static"].values() for v in s)] if a > 0)
+    for ax, ylim in zip(axes, [(0, 100), (max(0, zoom_floor - 2), 100 * max_accuracy(data) + 1)]):
+        ax.plot(data["deadlines_ms"], [100 * a for a in data["msdnet"]], "o-", lw=2, label=f"{subject}, deepest exit")
+        for name, figures in data.get("also", {}).items():
+            ax.plot(data["deadlines_ms"], [100 * a for a in figures["accuracy"]], "o:", label=f"{name}, deepest exit")
+        for name, accs in data["static"].items():
+            ax.plot(data["deadlines_ms"], [100 * a for a in accs], "s--", label=f"{name} (static)")
+        ax.set(xscale="log", xlabel="deadline per image (ms)", ylabel="validation accuracy (%)", ylim=ylim)
+        ax.set_xticks(data["deadlines_ms"], [str(d) for d in data["deadlines_ms"]])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[1].set_title("zoomed", fontsize=9)
+    title = textwrap.fill(data["command"], 140) + (f"\n{quick_label(data)}" if data["quick"] else "")
+    fig.suptitle(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def max_accuracy(data: dict[str, Any]) -> float:
+    values = [*data["msdnet"], *(v for s in data["static"].values() for v in s)]
+    values += [v for f in data.get("also", {}).values() for v in f["accuracy"]]
+    return max(values)
+
+
+def _trained(training: dict) -> str:
+    """Where and how long a model trained, from its card."""
+    by_device = training.get("train_seconds_by_device")
+    if by_device:
+        return ", ".join(f"{s:.0f} s on {d}" for d, s in by_device.items())
+    seconds = training.get("train_seconds_total", training.get("train_seconds", 0))
+    return f"{seconds:.0f} s on {training.get('options', {}).get('device', 'cpu')}"
 
 
 def _summary(name: str, times: list[float], correct: float, mflops: float, params: int, training: dict) -> dict:
@@ -162,12 +224,27 @@ def _summary(name: str, times: list[float], correct: float, mflops: float, param
         "median_ms": round(1000 * float(np.median(times)), 3),
         "p90_ms": round(1000 * float(np.percentile(times, 90)), 3),
         "train_epochs": training.get("epochs_total", training.get("epochs_done")),
-        "train_hours": round(training.get("train_seconds_total", training.get("train_seconds", 0)) / 3600, 2),
+        "train_hours": round(training.get("train_seconds_total", training.get("train_seconds", 0)) / 3600, 3),
+        "trained": _trained(training),
     }
+
+
+def _label(weights: str) -> str:
+    return "msdnet (default)" if weights == "default" else f"msdnet ({Path(weights).stem})"
+
+
+def _anytime_summary(name: str, card: Any, runs: list, labels: list[int]) -> dict:
+    correct = float(np.mean([p[-1] == y for (_, p), y in zip(runs, labels)]))
+    times = [t[-1] for t, _ in runs]
+    summary = _summary(name, times, correct, card.exits[-1].mflops, card.exits[-1].params, card.training)
+    per_exit = np.array([t for t, _ in runs]) * 1000  # (images, exits)
+    summary["exit_median_ms"] = [round(float(v), 3) for v in np.median(per_exit, axis=0)]
+    return summary
 
 
 def main() -> None:
     from model.data import load_split, normalize
+    from model.fuse import fold_batchnorm
     from model.resnet import load_static
     from model.weights import load_model
 
@@ -175,46 +252,53 @@ def main() -> None:
     add_arguments(parser, NAME)
     parser.add_argument("--static", type=Path, nargs="+", required=True, help="exported static baselines")
     parser.add_argument("--weights", default="default", help="the MSDNet to test (default: the shipped one)")
+    parser.add_argument("--also", nargs="*", default=[], help="more MSDNets to report beside it ('default' or paths)")
     args = parser.parse_args()
     use_service_threads()
     model, card = load_model(args.weights)
+    others = {_label(w): load_model(w) for w in args.also}
+    fold_batchnorm(model)
+    for other, _ in others.values():
+        fold_batchnorm(other)
     statics = {}
     for path in args.static:
         static_model, static_card = load_static(path)
         if list(static_card.classes) != list(card.classes):
             parser.error(f"{path} was trained on other classes than {args.weights}")
-        statics[static_card.preset] = (static_model, static_card)
+        statics[static_card.preset] = (fold_batchnorm(static_model), static_card)
     val = load_split(DATASET, "val", classes=tuple(card.classes))
     if args.quick:  # the split is sorted by class: a seeded random subset, not a prefix
         val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:QUICK_IMAGES])
     # Each model sees the images normalised as it was trained.
     images = normalize(val.images, tuple(card.mean), tuple(card.std))
+    other_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in others.items()}
     static_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in statics.items()}
     labels = [int(y) for y in val.labels]
     for i in range(WARMUP_IMAGES):
         time_anytime(model, images[i : i + 1])
+        for name, (m, _) in others.items():
+            time_anytime(m, other_images[name][i : i + 1])
         for name, (m, _) in statics.items():
             time_static(m, static_images[name][i : i + 1])
     anytime_runs: list[tuple[list[float], list[int]]] = []
+    other_runs: dict[str, list[tuple[list[float], list[int]]]] = {name: [] for name in others}
     static_runs: dict[str, list[tuple[float, int]]] = {name: [] for name in statics}
     t0 = time.perf_counter()
     for i in range(len(labels)):
         anytime_runs.append(time_anytime(model, images[i : i + 1]))
+        for name, (m, _) in others.items():
+            other_runs[name].append(time_anytime(m, other_images[name][i : i + 1]))
         for name, (m, _) in statics.items():
             static_runs[name].append(time_static(m, static_images[name][i : i + 1]))
         if (i + 1) % 500 == 0:
             print(f"  {i + 1}/{len(labels)} images, {time.perf_counter() - t0:.0f} s", flush=True)
     figures = accuracy_by_deadline(anytime_runs, static_runs, labels)
-    models = [
-        _summary(
-            card.preset,
-            [t[-1] for t, _ in anytime_runs],
-            float(np.mean([p[-1] == y for (_, p), y in zip(anytime_runs, labels)])),
-            card.exits[-1].mflops,
-            card.exits[-1].params,
-            card.training,
-        )
-    ]
+    models = [_anytime_summary(_label(args.weights), card, anytime_runs, labels)]
+    models += [_anytime_summary(name, c, other_runs[name], labels) for name, (_, c) in others.items()]
+    also = {}
+    for name, runs in other_runs.items():
+        accuracy, mean_exit = anytime_accuracy(runs, labels, DEADLINES_MS)
+        also[name] = {"accuracy": accuracy, "mean_exit": mean_exit}
     for name, (_, c) in statics.items():
         runs = static_runs[name]
         correct = float(np.mean([p == y for (_, p), y in zip(runs, labels)]))
@@ -225,6 +309,7 @@ def main() -> None:
         "images": len(labels),
         "torch_threads": torch.get_num_threads(),
         **figures,
+        "also": also,
         "models": models,
     }
     data["verdicts"] = verdicts(figures)

@@ -36,6 +36,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--distill", type=float, default=0.0, help="weight of last-exit distillation, 0 to 1")
     tr.add_argument("--distill-temperature", type=float, default=3.0)
     tr.add_argument("--no-bf16", action="store_true", help="train in float32 (bfloat16 autocast is the default)")
+    tr.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when present)")
+    tr.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fit the epoch count to this much training time (equal-time comparisons); --epochs is the first guess",
+    )
+    tr.add_argument(
+        "--compile", action="store_true", help="torch.compile the training forward (fewer, fused kernels on a GPU)"
+    )
     tr.add_argument("--threads", type=int, default=0)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--limit", type=int, default=0, help="train on a seeded random subset of N images")
@@ -114,6 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         distill=args.distill,
         distill_temperature=args.distill_temperature,
         bf16=not args.no_bf16,
+        device=args.device,
+        compile=args.compile,
+        time_budget_s=args.time_budget,
         threads=args.threads,
         seed=args.seed,
         limit=args.limit,

@@ -7,6 +7,7 @@ OpenCV) and augmentation works on whole batches in torch.
 
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -181,9 +182,16 @@ def load_split(
 
 def normalize(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 NCHW -> float32 NCHW, scaled to [0, 1] and standardised per channel."""
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = _channel_tensor(tuple(mean), images.device)
+    s = _channel_tensor(tuple(std), images.device)
     return (images.float().div_(255.0) - m) / s
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_tensor(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """Per-channel constants, built once per device: a fresh host-to-GPU copy every batch would
+    make each training step wait for the GPU to drain."""
+    return torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

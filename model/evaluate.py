@@ -27,11 +27,12 @@ def exit_probabilities(
     """Softmax of every exit for every sample: (exits, N, classes)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
-            x = normalize(data.images[start : start + batch_size], tuple(mean), tuple(std))
-            chunks.append(torch.stack([torch.softmax(z.float(), dim=1) for z in model(x)]))
+            x = normalize(data.images[start : start + batch_size].to(device), tuple(mean), tuple(std))
+            chunks.append(torch.stack([torch.softmax(z.float(), dim=1) for z in model(x)]).cpu())
     model.train(was_training)
     return torch.cat(chunks, dim=1)
 

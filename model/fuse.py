@@ -17,16 +17,27 @@ __all__ = ["fold_batchnorm"]
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """Fold every Conv2d -> BatchNorm2d pair inside an ``nn.Sequential``, in place; returns ``model``."""
+    """Fold BatchNorms into their convolutions, in place; returns ``model``.
+
+    Two shapes are recognised: a Conv2d followed by a BatchNorm2d inside an ``nn.Sequential``
+    (MSDNet's layers), and the ``convN``/``bnN`` attribute pairs of a torchvision-style residual block
+    (the static baselines), whose forward applies ``bnN`` directly to ``convN``'s output; the folded
+    ``bnN`` becomes an identity.
+    """
     model.eval()
     for module in list(model.modules()):
-        if not isinstance(module, nn.Sequential):
-            continue
-        i = 0
-        while i < len(module) - 1:
-            conv, bn = module[i], module[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                module[i] = fuse_conv_bn_eval(conv, bn)
-                del module[i + 1]
-            i += 1
+        if isinstance(module, nn.Sequential):
+            i = 0
+            while i < len(module) - 1:
+                conv, bn = module[i], module[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(conv, bn)
+                    del module[i + 1]
+                i += 1
+        for name, conv in list(module.named_children()):
+            bn_name = "bn" + name.removeprefix("conv")
+            bn = getattr(module, bn_name, None)
+            if name.startswith("conv") and isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(module, name, fuse_conv_bn_eval(conv, bn))
+                setattr(module, bn_name, nn.Identity())
     return model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.anytime_vs_static import accuracy_by_deadline, verdicts
+from bench.anytime_vs_static import _verdict, accuracy_by_deadline, verdicts
 
 
 def test_scoring_by_deadline() -> None:
@@ -17,3 +17,10 @@ def test_scoring_by_deadline() -> None:
     assert figures["static"] == {"fast": [0.5, 0.5, 0.5, 0.5], "slow": [0.0, 0.0, 0.0, 1.0]}
     holds = [v["holds"] for v in verdicts(figures)]
     assert holds == [True, False, True, False]
+
+
+def test_a_deadline_nobody_meets_is_not_counted_as_a_win() -> None:
+    figures = accuracy_by_deadline([([0.003], [1])], {"fast": [(0.0025, 1)]}, [1], deadlines_ms=(1, 5))
+    rows = verdicts(figures)
+    assert [r["vacuous"] for r in rows] == [True, False]
+    assert _verdict(rows[0]) == "no model answers" and _verdict(rows[1]) == "holds"

@@ -51,3 +51,22 @@ def test_a_static_baseline_trains_and_exports(cifar10_python: Path, tmp_path: Pa
     assert card.training["train_seconds"] == pytest.approx(sum(r["epoch_seconds"] for r in records), abs=0.2)
     assert card.classes == ["airplane", "automobile", "bird"]
     assert model(torch.zeros(1, 3, 32, 32))[0].shape == (1, 3)
+
+
+def test_batchnorm_folding_keeps_a_resnets_outputs() -> None:
+    import copy
+
+    from model.fuse import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = CifarResNet(20, 10)
+    for m in model.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x)[0], model(x)[0], atol=1e-5, rtol=1e-4)

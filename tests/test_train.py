@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.train import TrainOptions, joint_loss, lr_at, train
+from model.train import TrainOptions, joint_loss, lr_at, plan_epochs, train
 from model.weights import load_model
 
 
@@ -71,3 +71,29 @@ def test_schedules() -> None:
     cos = TrainOptions(preset="x", data="", out="", epochs=10, lr=0.1, schedule="cosine")
     assert lr_at(cos, 0, 100) < lr_at(cos, 0.9, 100) <= 0.1
     assert lr_at(cos, 9.99, 100) < 0.001
+
+
+def test_time_budget_plans_epochs_from_recent_epoch_times() -> None:
+    fixed = TrainOptions(preset="x", data="", out="", epochs=7)
+    assert plan_epochs(fixed, 1, 50.0, [50.0]) == 7  # no budget: the epoch count as given
+    budget = TrainOptions(preset="x", data="", out="", epochs=7, time_budget_s=100.0)
+    # After epoch 1 only its (slow, warm-up) time is known: 10 s left room for one more.
+    assert plan_epochs(budget, 1, 50.0, [50.0]) == 2
+    # Later the first epoch is ignored: the last two took 10 s, 60 s remain, so 6 more.
+    assert plan_epochs(budget, 3, 40.0, [20.0, 10.0, 10.0]) == 9
+    # Out of time: stop where it stands, never plan fewer epochs than are done.
+    assert plan_epochs(budget, 9, 120.0, [20.0] + [12.5] * 8) == 9
+
+
+@pytest.mark.slow
+def test_time_budget_ends_the_run_and_is_recorded(cifar10_python: Path, tmp_path: Path) -> None:
+    out = tmp_path / "budget"
+    # A budget spent by the first epoch: the run ends there, whatever --epochs said, and the
+    # checkpoint records the planned length so that --resume continues the same schedule.
+    train(_opts(cifar10_python, out, epochs=50, time_budget_s=0.01))
+    state = json.loads((out / "checkpoint.json").read_text())
+    assert [r["epoch"] for r in _records(out)] == [1]
+    assert state["options"]["epochs"] == 1 and state["options"]["time_budget_s"] == 0.01
+    assert len(state["epoch_seconds"]) == 1 and state["train_seconds"] >= 0
+    train(_opts(cifar10_python, out, epochs=50, time_budget_s=0.01), resume=True)
+    assert [r["epoch"] for r in _records(out)] == [1]  # nothing left of the budget
