@@ -252,7 +252,7 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             lr = lr_at(opts, epoch + step / steps, steps)
             for group in optim.param_groups:
                 group["lr"] = lr
-            images, labels = augment_batch(images, gen), labels
+            images = augment_batch(images, gen)
             if device.type == "cuda":  # pinned: the copy overlaps the GPU's work instead of draining it
                 images, labels = images.pin_memory(), labels.pin_memory()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
