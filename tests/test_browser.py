@@ -114,6 +114,7 @@ def _check_overlay(browser: Any, url: str, camera: str, scenario: str) -> None:
         after = int(tile.get_attribute("data-updates") or 0)
         assert after - before >= 5, f"only {after - before} websocket messages in 2 s"
         assert tile.get_attribute("data-ws") == "open"
+        assert tile.get_attribute("data-video") == "stream"  # one camera: the MJPEG stream, not snapshots
         assert tile.get_attribute("data-state") == "live"
         assert re.fullmatch(r"exit \d+/\d+", tile.get_by_test_id("exit").inner_text()), "no exit depth shown"
         assert tile.get_by_test_id("label").inner_text().strip()
@@ -152,3 +153,34 @@ def test_overlay_video_file_camera(browser: Any, tiny_classifier: Any) -> None:
     with LiveServer(app) as server:
         _check_overlay(browser, server.url + "/", "cars", "file")
     assert time.monotonic() - started < 30
+
+
+def test_overlay_paints_every_camera_of_a_crowded_page(browser: Any, tiny_classifier: Any) -> None:
+    """More cameras than a browser's 6 HTTP/1.1 connections per host: every tile still paints.
+
+    One endless MJPEG response per tile would hold one connection each, so the 7th tile's picture
+    (and any later request) would wait forever; crowded pages poll snapshots instead."""
+    cameras = [{"id": f"cam{i}", "source": "synthetic:160x90"} for i in range(8)]
+    app = create_app(load_settings(tick_hz=10, cameras=cameras), classifier=tiny_classifier)
+    with LiveServer(app) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        try:
+            page.goto(server.url + "/", timeout=TIMEOUT_MS)
+            page.wait_for_function("document.querySelectorAll('.tile').length === 8", timeout=TIMEOUT_MS)
+            for i in range(8):
+                img = page.locator(f'.tile[data-camera="cam{i}"] img.video')
+                page.wait_for_function("img => img.naturalWidth > 0", arg=img.element_handle(), timeout=TIMEOUT_MS)
+            assert page.locator(".tile[data-video=snapshots]").count() == 8
+            last = page.locator('.tile[data-camera="cam7"] img.video')
+            first = last.screenshot()
+            page.wait_for_timeout(1500)
+            assert last.screenshot() != first, "the 8th camera's picture did not change in 1.5 s"
+            updates = page.eval_on_selector_all(".tile", "tiles => tiles.map(t => +t.dataset.updates)")
+            assert all(n > 0 for n in updates), f"tiles without a prediction: {updates}"
+            # The page still answers other requests: the camera list loads while the pictures run.
+            status = page.evaluate("fetch('cameras').then(r => r.status)")
+            assert status == 200
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "overlay-crowded.png"))
+        finally:
+            page.close()

@@ -9,6 +9,11 @@ const TOKEN = new URLSearchParams(location.search).get("token");
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 const CLOSE_REASONS = { 1013: "server full", 4401: "access token rejected", 4404: "unknown camera" };
+// A browser opens at most 6 HTTP/1.1 connections per host, and an endless MJPEG response holds one for
+// as long as the page lives: with more cameras than this, tiles poll single snapshots instead, so every
+// picture and every other request (the camera list, a reload) still gets a connection.
+const MAX_STREAMS = 4;
+const SNAPSHOT_INTERVAL_MS = 200;
 
 /** Delay before reconnect attempt n (0, 1, 2, ...): 1 s, 2 s, 4 s, ... capped at 30 s. */
 const backoff = (n) => Math.min(BACKOFF_MIN_MS * 2 ** n, BACKOFF_MAX_MS);
@@ -32,20 +37,25 @@ function showError(text) {
 
 /** One camera: the video, the overlay, and the websocket that feeds it. */
 class Tile {
-  constructor(camera) {
+  constructor(camera, video) {
     this.id = camera.id;
+    this.video = video; // "stream" (MJPEG) or "snapshots" (polled JPEGs, for crowded pages)
     this.updates = 0;
     this.wsFailures = 0; // consecutive websocket failures; reset by a message, not by a mere open
     this.videoFailures = 0;
     this.pipCount = -1;
     this.root = document.getElementById("tile-template").content.firstElementChild.cloneNode(true);
     this.root.dataset.camera = camera.id;
+    this.root.dataset.video = video;
     this.el = {};
     for (const node of this.root.querySelectorAll("[data-testid]")) this.el[node.dataset.testid] = node;
     this.pips = this.root.querySelector(".pips");
     this.img = this.root.querySelector("img.video");
     this.img.alt = `camera ${camera.id}`;
-    this.img.addEventListener("load", () => (this.videoFailures = 0));
+    this.img.addEventListener("load", () => {
+      this.videoFailures = 0;
+      if (this.video === "snapshots") this.videoTimer = setTimeout(() => this.startVideo(true), SNAPSHOT_INTERVAL_MS);
+    });
     this.img.addEventListener("error", () => this.retryVideo());
     this.el.name.textContent = camera.id;
     this.setState(camera.state);
@@ -58,7 +68,8 @@ class Tile {
 
   startVideo(fresh) {
     clearTimeout(this.videoTimer);
-    const path = `cameras/${encodeURIComponent(this.id)}/stream.mjpg`;
+    const file = this.video === "snapshots" ? "snapshot.jpg" : "stream.mjpg";
+    const path = `cameras/${encodeURIComponent(this.id)}/${file}`;
     // Re-assigning the same src would not reload the image; a throwaway parameter forces a new request.
     this.img.src = apiUrl(path, fresh ? { _: Date.now() } : {}).href;
   }
@@ -146,8 +157,9 @@ async function loadCameras(attempt = 0) {
     showError(null);
     summary.textContent = `${cameras.length} camera${cameras.length === 1 ? "" : "s"}`;
     const grid = document.getElementById("grid");
+    const video = cameras.length > MAX_STREAMS ? "snapshots" : "stream";
     for (const camera of cameras) {
-      const tile = new Tile(camera);
+      const tile = new Tile(camera, video);
       grid.append(tile.root);
       tile.start();
     }
