@@ -42,10 +42,12 @@ from bench.common import (
     add_arguments,
     provenance,
     provenance_markdown,
+    publish,
+    pyplot,
+    quick_label,
     spread,
-    update_section,
-    write_json,
 )
+from service.app import default_torch_threads
 
 NAME = "soak"
 DATASET = SHARED / "datasets" / "cifar10" / "train"
@@ -293,7 +295,14 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
         f"for {data['minutes']:g} min after a {data['warmup_s']:g} s warm-up, with one websocket subscriber per "
         f"camera and {c['workers']} closed-loop `POST /classify` workers (deadline {c['deadline_ms']:g} ms, "
         f"CIFAR-10 JPEGs). RSS of the server process sampled every {data['sample_interval_s']:g} s; growth is the "
-        f"last {data['rss_window_s']:g} s median against the first {data['rss_window_s']:g} s median.",
+        f"last {data['rss_window_s']:g} s median against the first {data['rss_window_s']:g} s median. "
+        + (
+            f"The server ran with {data['server_torch_threads']} torch thread(s) (the header's count is the "
+            "load generator's)."
+            if "server_torch_threads" in data
+            else "The header's thread count is the load generator's; the server ran with its default "
+            "`torch_threads` (one less than the cores, at most 4)."
+        ),
         "",
         "| RSS first / last window (MiB) | RSS growth | missed ticks | ticks published | ws messages missing "
         "| /classify requests (per s) | errors by code | 5xx (not 503) | deadline met | shutdown |",
@@ -307,8 +316,29 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
         "",
         f"**Floor**: RSS growth under {FLOOR_GROWTH_PERCENT:g} %: **{verdict}** ({data['rss_growth_percent']:+.2f} %)"
         + (" — **a quick run's windows are seconds long: indicative only**." if quick else "."),
+        "",
+        f"![server RSS over the soak](bench/{NAME}.png)",
     ]
     return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """The server's RSS over the run, with the two windows compared and the growth floor."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=110)
+    t, rss, window = data["rss_t_s"], data["rss_mb"], data["rss_window_s"]
+    ax.plot(t, rss, ".-", lw=1, label="server RSS")
+    ax.axvspan(t[0], t[0] + window, alpha=0.12, color="tab:green", label="first window")
+    ax.axvspan(t[-1] - window, t[-1], alpha=0.12, color="tab:orange", label="last window")
+    limit = data["rss_first_window_mb"] * (1 + data["floor_growth_percent"] / 100)
+    ax.axhline(limit, ls="--", color="tab:red", lw=1, label=f"floor: +{data['floor_growth_percent']:g} %")
+    ax.set(xlabel="seconds after warm-up", ylabel="RSS (MiB)", ylim=(min(rss) * 0.97, limit * 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -405,12 +435,12 @@ def main() -> int:
         - metric(before, "anytime_ws_dropped_messages_total"),
         "websockets": subscribers.stats,
         "classify": classify,
+        "server_torch_threads": default_torch_threads(),  # what the server picks: its config sets none
         "shutdown_s": round(shutdown_s, 2),
         "exit_code": exit_code,
         "clean_exit": clean_exit,
     }
-    write_json(args.out, data)
-    update_section(args.md, NAME, markdown(data, args.quick))
+    publish(args, NAME, data, markdown, plot)
     print(
         f"soak: RSS {first:.1f} -> {last:.1f} MiB ({growth:+.2f} %, floor < {FLOOR_GROWTH_PERCENT:g} %: "
         f"{'PASS' if data['floor_met'] else 'FAIL'}), missed ticks {data['missed_ticks']:.0f}, "
