@@ -89,23 +89,23 @@ class _Batch:
     def size(self) -> int:
         return self.stepper.batch_size
 
-    def split(self, results: list[ExitResult]) -> list[tuple[Job, list[ExitResult]]]:
-        parts, start = [], 0
+    def rows(self) -> list[tuple[Job, range]]:
+        """Each job with the batch rows it owns, in batch order."""
+        spans, start = [], 0
         for job in self.jobs:
-            parts.append((job, results[start : start + len(job.images)]))
+            spans.append((job, range(start, start + len(job.images))))
             start += len(job.images)
-        return parts
+        return spans
+
+    def split(self, results: list[ExitResult]) -> list[tuple[Job, list[ExitResult]]]:
+        return [(job, results[span.start : span.stop]) for job, span in self.rows()]
 
     def drop(self, leaving: Job) -> None:
         """Stop computing ``leaving``'s rows; the other jobs carry on from where they are."""
-        rows, start = [], 0
-        for job in self.jobs:
-            if job is not leaving:
-                rows.extend(range(start, start + len(job.images)))
-            start += len(job.images)
+        kept = [row for job, span in self.rows() if job is not leaving for row in span]
         self.jobs = [j for j in self.jobs if j is not leaving]
         if self.jobs:
-            self.stepper.keep(torch.tensor(rows, dtype=torch.long))
+            self.stepper.keep(torch.tensor(kept, dtype=torch.long))
 
 
 def _owes(job: Job) -> bool:
