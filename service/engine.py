@@ -209,13 +209,14 @@ class Engine:
         Requests not started yet are counted as the batches they will be computed in."""
         with self._cond:
             owed = [j for j in self._jobs if j.deadline <= deadline and _owes(j)]
-        groups: dict[int, tuple[int, int, int]] = {}  # key -> (first block, last block, batch size)
+        groups: dict[object, tuple[int, int, int]] = {}  # key -> (first block, last block, batch size)
         for job in owed:
             if job.batch is not None:
                 groups[id(job.batch)] = (job.exits_done, job.min_exits - 1, job.batch.size)
-            elif job.kind is JobKind.CLASSIFY:
-                first, last, size = groups.get(job.min_exits, (0, job.min_exits - 1, 0))
-                groups[job.min_exits] = (first, last, min(size + len(job.images), self.max_classify_batch))
+            elif job.kind is JobKind.CLASSIFY:  # waiting requests batch together as _batchable allows
+                key = (job.min_exits, job.max_exits)
+                first, last, size = groups.get(key, (0, job.min_exits - 1, 0))
+                groups[key] = (first, last, min(size + len(job.images), self.max_classify_batch))
             else:
                 groups[id(job)] = (0, job.min_exits - 1, len(job.images))
         return sum(self.latency.predict_total(*group) for group in groups.values())

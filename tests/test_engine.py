@@ -251,6 +251,9 @@ def test_waiting_requests_are_counted_as_the_batch_they_will_share(tiny_classifi
     for i in range(4):
         engine.submit(_distinct_request(fake_clock() + 1, i, []))
     assert engine.estimated_wait(fake_clock() + 2) == pytest.approx(0.002)
+    # A forced exit never shares a batch with free requests, so it is owed its own block.
+    engine.submit(_distinct_request(fake_clock() + 1, 9, [], max_exits=1))
+    assert engine.estimated_wait(fake_clock() + 2) == pytest.approx(0.003)
 
 
 def test_a_preempted_request_is_answered_at_its_deadline_not_after_the_newcomers_block(
