@@ -181,8 +181,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     subject = data["models"][0]["name"]
-    zoom_floor = min(100 * a for a in [*data["msdnet"], *(v for s in data["static"].values() for v in s)] if a > 0)
-    for ax, ylim in zip(axes, [(0, 100), (max(0, zoom_floor - 2), 100 * max_accuracy(data) + 1)]):
+    answered = [100 * a for a in _plotted_accuracies(data) if a > 0]
+    for ax, ylim in zip(axes, [(0, 100), (max(0, min(answered) - 2), max(answered) + 1)]):
         ax.plot(data["deadlines_ms"], [100 * a for a in data["msdnet"]], "o-", lw=2, label=f"{subject}, deepest exit")
         for name, figures in data.get("also", {}).items():
             ax.plot(data["deadlines_ms"], [100 * a for a in figures["accuracy"]], "o:", label=f"{name}, deepest exit")
@@ -200,10 +200,10 @@ def plot(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def max_accuracy(data: dict[str, Any]) -> float:
-    values = [*data["msdnet"], *(v for s in data["static"].values() for v in s)]
-    values += [v for f in data.get("also", {}).values() for v in f["accuracy"]]
-    return max(values)
+def _plotted_accuracies(data: dict[str, Any]) -> list[float]:
+    """Every accuracy the plot draws: the subject's, the other MSDNets' and the static networks'."""
+    values = [*data["msdnet"], *(v for accs in data["static"].values() for v in accs)]
+    return values + [v for f in data.get("also", {}).values() for v in f["accuracy"]]
 
 
 def _trained(training: dict) -> str:
@@ -255,11 +255,12 @@ def main() -> None:
     parser.add_argument("--also", nargs="*", default=[], help="more MSDNets to report beside it ('default' or paths)")
     args = parser.parse_args()
     use_service_threads()
-    model, card = load_model(args.weights)
-    others = {_label(w): load_model(w) for w in args.also}
-    fold_batchnorm(model)
-    for other, _ in others.values():
-        fold_batchnorm(other)
+    # The anytime models, the claim's subject first; every model runs folded, as the service serves it.
+    anytime = {_label(w): load_model(w) for w in [args.weights, *args.also]}
+    for m, _ in anytime.values():
+        fold_batchnorm(m)
+    subject = _label(args.weights)
+    card = anytime[subject][1]
     statics = {}
     for path in args.static:
         static_model, static_card = load_static(path)
@@ -270,34 +271,29 @@ def main() -> None:
     if args.quick:  # the split is sorted by class: a seeded random subset, not a prefix
         val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:QUICK_IMAGES])
     # Each model sees the images normalised as it was trained.
-    images = normalize(val.images, tuple(card.mean), tuple(card.std))
-    other_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in others.items()}
+    anytime_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in anytime.items()}
     static_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in statics.items()}
     labels = [int(y) for y in val.labels]
     for i in range(WARMUP_IMAGES):
-        time_anytime(model, images[i : i + 1])
-        for name, (m, _) in others.items():
-            time_anytime(m, other_images[name][i : i + 1])
+        for name, (m, _) in anytime.items():
+            time_anytime(m, anytime_images[name][i : i + 1])
         for name, (m, _) in statics.items():
             time_static(m, static_images[name][i : i + 1])
-    anytime_runs: list[tuple[list[float], list[int]]] = []
-    other_runs: dict[str, list[tuple[list[float], list[int]]]] = {name: [] for name in others}
+    anytime_runs: dict[str, list[tuple[list[float], list[int]]]] = {name: [] for name in anytime}
     static_runs: dict[str, list[tuple[float, int]]] = {name: [] for name in statics}
     t0 = time.perf_counter()
     for i in range(len(labels)):
-        anytime_runs.append(time_anytime(model, images[i : i + 1]))
-        for name, (m, _) in others.items():
-            other_runs[name].append(time_anytime(m, other_images[name][i : i + 1]))
+        for name, (m, _) in anytime.items():
+            anytime_runs[name].append(time_anytime(m, anytime_images[name][i : i + 1]))
         for name, (m, _) in statics.items():
             static_runs[name].append(time_static(m, static_images[name][i : i + 1]))
         if (i + 1) % 500 == 0:
             print(f"  {i + 1}/{len(labels)} images, {time.perf_counter() - t0:.0f} s", flush=True)
-    figures = accuracy_by_deadline(anytime_runs, static_runs, labels)
-    models = [_anytime_summary(_label(args.weights), card, anytime_runs, labels)]
-    models += [_anytime_summary(name, c, other_runs[name], labels) for name, (_, c) in others.items()]
+    figures = accuracy_by_deadline(anytime_runs[subject], static_runs, labels)
+    models = [_anytime_summary(name, c, anytime_runs[name], labels) for name, (_, c) in anytime.items()]
     also = {}
-    for name, runs in other_runs.items():
-        accuracy, mean_exit = anytime_accuracy(runs, labels, DEADLINES_MS)
+    for name in list(anytime)[1:]:
+        accuracy, mean_exit = anytime_accuracy(anytime_runs[name], labels, DEADLINES_MS)
         also[name] = {"accuracy": accuracy, "mean_exit": mean_exit}
     for name, (_, c) in statics.items():
         runs = static_runs[name]
