@@ -73,3 +73,4 @@ class CameraInfo(_Message):
     reconnects: int
     last_error: str | None
     last_frame_at: float | None
+    last_error_at: float | None = None  # absent from servers older than the field

@@ -110,6 +110,7 @@ class CameraReader:
         self._frames = 0
         self._reconnects = 0
         self._last_error: str | None = None
+        self._last_error_at: float | None = None
         self._last_frame_at: float | None = None
         self._last_frame_mono: float | None = None
         self._recent: deque[float] = deque(maxlen=_FPS_SAMPLES)
@@ -151,12 +152,13 @@ class CameraReader:
     def status(self) -> CameraStatus:
         now = self._clock()
         with self._lock:
-            state, error, last = self._state, self._last_error, self._last_frame_mono
+            state, error, error_at, last = self._state, self._last_error, self._last_error_at, self._last_frame_mono
             recent = list(self._recent)
             frames, reconnects, last_at = self._frames, self._reconnects, self._last_frame_at
         if state is CameraState.LIVE and last is not None and now - last > self._stall_timeout:
             # The thread is blocked inside read(); say so now rather than when the read returns.
             state, error = CameraState.DOWN, f"no frame for {now - last:.0f} s"
+            error_at = last_at + self._stall_timeout if last_at is not None else None
         return CameraStatus(
             camera_id=self.camera_id,
             source=redact(self.config.source),
@@ -167,6 +169,7 @@ class CameraReader:
             reconnects=reconnects,
             last_error=error,
             last_frame_at=last_at,
+            last_error_at=error_at,
         )
 
     # --- the thread -------------------------------------------------------------------------------
@@ -190,6 +193,7 @@ class CameraReader:
                 delay = backoff_delay(failures, *self._backoff)
                 with self._lock:
                     self._state, self._last_error = CameraState.DOWN, error
+                    self._last_error_at = self._wall_clock()
                 logger.warning("camera %s down: %s (retrying in %.1f s)", self.camera_id, error, delay)
                 if self._stop.wait(delay):
                     return
@@ -200,6 +204,7 @@ class CameraReader:
             logger.exception("camera %s: reader crashed", self.camera_id)
             with self._lock:
                 self._last_error = f"reader crashed: {type(exc).__name__}: {exc}"
+                self._last_error_at = self._wall_clock()
         finally:
             self._set_state(CameraState.STOPPED)
 

@@ -41,3 +41,6 @@ class CameraStatus:
     reconnects: int
     last_error: str | None
     last_frame_at: float | None  # wall clock
+    # When last_error happened (wall clock). The error is kept after recovery, for the record; an error
+    # older than last_frame_at is history, not the present.
+    last_error_at: float | None = None

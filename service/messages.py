@@ -72,8 +72,9 @@ class CameraInfo(_Message):
     frames: int
     dropped_frames: int
     reconnects: int
-    last_error: str | None
-    last_frame_at: float | None
+    last_error: str | None = Field(description="the latest failure; kept after recovery, for the record")
+    last_frame_at: float | None = Field(description="when the latest frame was decoded, unix seconds")
+    last_error_at: float | None = Field(None, description="when last_error happened, unix seconds")
 
 
 class ErrorResponse(_Message):

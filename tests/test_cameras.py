@@ -164,6 +164,8 @@ def test_camera_reconnects_by_itself(readers: list[CameraReader]) -> None:
     status = reader.status()
     assert script.opens == 4 and status.reconnects == 3
     assert status.last_error == "connection refused (fake)"  # kept after recovery, for the record
+    assert status.last_error_at is not None and status.last_frame_at is not None
+    assert status.last_error_at <= status.last_frame_at  # ...and dated, so a reader can tell it is history
 
 
 def test_backoff_restarts_after_frames_flow(readers: list[CameraReader]) -> None:

@@ -79,7 +79,7 @@ def _samples() -> dict[str, BaseModel]:
         ),
         "CameraInfo": sm.CameraInfo(
             id="cam0", source="synthetic", state="live", fps=10.0, frames=100, dropped_frames=2, reconnects=0,
-            last_error=None, last_frame_at=1.7e9,
+            last_error="connection refused", last_frame_at=1.7e9, last_error_at=1.7e9 - 5,
         ),
     }  # fmt: skip
 
