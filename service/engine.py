@@ -209,17 +209,26 @@ class Engine:
         Requests not started yet are counted as the batches they will be computed in."""
         with self._cond:
             owed = [j for j in self._jobs if j.deadline <= deadline and _owes(j)]
-        groups: dict[object, tuple[int, int, int]] = {}  # key -> (first block, last block, batch size)
+        groups: list[tuple[int, int, int]] = []  # (first block, last block, batch size) each
+        started: set[int] = set()
+        waiting: dict[tuple[int, int], int] = {}  # (min_exits, max_exits) -> images not started yet
         for job in owed:
             if job.batch is not None:
-                groups[id(job.batch)] = (job.exits_done, job.min_exits - 1, job.batch.size)
+                if id(job.batch) not in started:  # one running batch, however many jobs share it
+                    started.add(id(job.batch))
+                    groups.append((job.exits_done, job.min_exits - 1, job.batch.size))
             elif job.kind is JobKind.CLASSIFY:  # waiting requests batch together as _batchable allows
                 key = (job.min_exits, job.max_exits)
-                first, last, size = groups.get(key, (0, job.min_exits - 1, 0))
-                groups[key] = (first, last, min(size + len(job.images), self.max_classify_batch))
+                waiting[key] = waiting.get(key, 0) + len(job.images)
             else:
-                groups[id(job)] = (0, job.min_exits - 1, len(job.images))
-        return sum(self.latency.predict_total(*group) for group in groups.values())
+                groups.append((0, job.min_exits - 1, len(job.images)))
+        for (min_exits, _), images in waiting.items():
+            # They will start as full batches of max_classify_batch and one smaller remainder.
+            full, rest = divmod(images, self.max_classify_batch)
+            groups += [(0, min_exits - 1, self.max_classify_batch)] * full
+            if rest:
+                groups.append((0, min_exits - 1, rest))
+        return sum(self.latency.predict_total(*group) for group in groups)
 
     # --- the loop ----------------------------------------------------------------------------
 

@@ -27,7 +27,11 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
+from service.config import Settings, load_settings
+
 __all__ = [
+    "TICK_HZ",
+    "WS_PATH",
     "LoopLagProbe",
     "MjpegServer",
     "UvicornThread",
@@ -35,7 +39,10 @@ __all__ = [
     "abort_socket",
     "call_with_timeout",
     "metric_value",
+    "random_jpeg",
     "raw_websocket",
+    "reliability_settings",
+    "served_metric",
     "small_write_buffer_ws_protocol",
     "sockets_closed",
     "tick_gaps",
@@ -43,6 +50,20 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+TICK_HZ = 10.0  # the reliability tests' tick rate
+WS_PATH = "/ws/cameras/synthetic"
+
+
+def reliability_settings(**overrides: Any) -> Settings:
+    """The service's settings at the reliability tests' tick rate."""
+    return load_settings(tick_hz=TICK_HZ, **overrides)
+
+
+def random_jpeg(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
+    """A valid JPEG of noise: a real upload, but nothing any classifier has seen."""
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", image)[1].tobytes()
 
 
 # --- small utilities ---------------------------------------------------------------------------
@@ -89,6 +110,11 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
         if all(found.get(k) == f'"{v}"' for k, v in labels.items()):
             total = (total or 0.0) + float(value)
     return total
+
+
+def served_metric(http: Any, name: str) -> float:
+    """A counter's value from a running server's ``/metrics`` (0 before its first sample)."""
+    return metric_value(http.get("/metrics").text, name) or 0.0
 
 
 def tick_gaps(ticks: list[int]) -> int:

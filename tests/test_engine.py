@@ -256,6 +256,16 @@ def test_waiting_requests_are_counted_as_the_batch_they_will_share(tiny_classifi
     assert engine.estimated_wait(fake_clock() + 2) == pytest.approx(0.003)
 
 
+def test_more_waiting_requests_than_one_batch_holds_are_counted_as_several_batches(tiny_classifier, fake_clock) -> None:
+    latency = _latency(0.001, sizes=(1,))
+    latency.record(0, 4, 0.002)
+    latency.record(0, 2, 0.0015)
+    engine = Engine(tiny_classifier, latency=latency, clock=fake_clock, max_classify_batch=4)
+    for i in range(10):  # two full batches of 4, then one of 2
+        engine.submit(_distinct_request(fake_clock() + 1, i, []))
+    assert engine.estimated_wait(fake_clock() + 2) == pytest.approx(2 * 0.002 + 0.0015)
+
+
 def test_a_preempted_request_is_answered_at_its_deadline_not_after_the_newcomers_block(
     tiny_classifier, fake_clock
 ) -> None:
