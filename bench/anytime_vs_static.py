@@ -19,6 +19,10 @@ on ``--weights``; ``--also`` adds more anytime models (the shipped default, say)
 
     python -m bench.anytime_vs_static --weights bench/weights/msdnet-equal-time.safetensors --also default \
         --static bench/weights/resnet20-equal-time.safetensors bench/weights/resnet56-equal-time.safetensors
+
+``--contention N`` measures the same on a busy machine: N competing processes (``bench/contention.py``)
+share the CPU for the whole measurement, so each pass gets a different slice of it, as on a machine
+shared with other work. Its figures go to their own section, ``anytime_vs_static_contended``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 import torch
 
 from bench.common import (
+    DOCS,
     SHARED,
     add_arguments,
     provenance,
@@ -42,6 +47,7 @@ from bench.common import (
     quick_label,
     use_service_threads,
 )
+from bench.contention import competing_processes
 
 NAME = "anytime_vs_static"
 DATASET = SHARED / "datasets" / "cifar10" / "train"
@@ -135,14 +141,24 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
         )
     models = "; ".join(_describe(m) for m in data["models"])
     held = data["claim_holds"]
+    busy = data.get("contention", 0)
+    title = "## Anytime against static networks under a per-image deadline" + (
+        f", with {busy} competing processes" if busy else ""
+    )
+    load = (
+        f" {busy} competing processes (one torch thread each, multiplying matrices) shared the CPU for the "
+        "whole measurement."
+        if busy
+        else ""
+    )
     return "\n".join(
         [
-            "## Anytime against static networks under a per-image deadline",
+            title,
             "",
             provenance_markdown(data, quick),
             "",
             f"{data['images']} validation images, batch 1, {data['torch_threads']} torch thread(s), every model on "
-            "every image in turn. MSDNet answers with the deepest exit finished by the deadline; a static "
+            f"every image in turn.{load} MSDNet answers with the deepest exit finished by the deadline; a static "
             "network's answer counts only if its pass finished by then. Accuracy counts an unanswered image as "
             "wrong.",
             "",
@@ -154,7 +170,7 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
             "deadline): "
             f"**{'holds' if held else 'does not hold everywhere'}**.",
             "",
-            f"![accuracy by deadline](bench/{NAME}.png)",
+            f"![accuracy by deadline](bench/{data.get('section', NAME)}.png)",
         ]
     )
 
@@ -253,7 +269,13 @@ def main() -> None:
     parser.add_argument("--static", type=Path, nargs="+", required=True, help="exported static baselines")
     parser.add_argument("--weights", default="default", help="the MSDNet to test (default: the shipped one)")
     parser.add_argument("--also", nargs="*", default=[], help="more MSDNets to report beside it ('default' or paths)")
+    parser.add_argument("--contention", type=int, default=0, help="competing processes sharing the CPU (default 0)")
     args = parser.parse_args()
+    if args.contention < 0:
+        parser.error("--contention must be 0 or more")
+    section = f"{NAME}_contended" if args.contention else NAME
+    if args.out == DOCS / "bench" / f"{NAME}.json":  # the default: a contended run keeps its own files
+        args.out = DOCS / "bench" / f"{section}.json"
     use_service_threads()
     # The anytime models, the claim's subject first; every model runs folded, as the service serves it.
     anytime = {_label(w): load_model(w) for w in [args.weights, *args.also]}
@@ -274,21 +296,22 @@ def main() -> None:
     anytime_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in anytime.items()}
     static_images = {name: normalize(val.images, tuple(c.mean), tuple(c.std)) for name, (_, c) in statics.items()}
     labels = [int(y) for y in val.labels]
-    for i in range(WARMUP_IMAGES):
-        for name, (m, _) in anytime.items():
-            time_anytime(m, anytime_images[name][i : i + 1])
-        for name, (m, _) in statics.items():
-            time_static(m, static_images[name][i : i + 1])
-    anytime_runs: dict[str, list[tuple[list[float], list[int]]]] = {name: [] for name in anytime}
-    static_runs: dict[str, list[tuple[float, int]]] = {name: [] for name in statics}
-    t0 = time.perf_counter()
-    for i in range(len(labels)):
-        for name, (m, _) in anytime.items():
-            anytime_runs[name].append(time_anytime(m, anytime_images[name][i : i + 1]))
-        for name, (m, _) in statics.items():
-            static_runs[name].append(time_static(m, static_images[name][i : i + 1]))
-        if (i + 1) % 500 == 0:
-            print(f"  {i + 1}/{len(labels)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    with competing_processes(args.contention):
+        for i in range(WARMUP_IMAGES):
+            for name, (m, _) in anytime.items():
+                time_anytime(m, anytime_images[name][i : i + 1])
+            for name, (m, _) in statics.items():
+                time_static(m, static_images[name][i : i + 1])
+        anytime_runs: dict[str, list[tuple[list[float], list[int]]]] = {name: [] for name in anytime}
+        static_runs: dict[str, list[tuple[float, int]]] = {name: [] for name in statics}
+        t0 = time.perf_counter()
+        for i in range(len(labels)):
+            for name, (m, _) in anytime.items():
+                anytime_runs[name].append(time_anytime(m, anytime_images[name][i : i + 1]))
+            for name, (m, _) in statics.items():
+                static_runs[name].append(time_static(m, static_images[name][i : i + 1]))
+            if (i + 1) % 500 == 0:
+                print(f"  {i + 1}/{len(labels)} images, {time.perf_counter() - t0:.0f} s", flush=True)
     figures = accuracy_by_deadline(anytime_runs[subject], static_runs, labels)
     models = [_anytime_summary(name, c, anytime_runs[name], labels) for name, (_, c) in anytime.items()]
     also = {}
@@ -302,6 +325,8 @@ def main() -> None:
     data: dict[str, Any] = {
         **provenance(f"bench.{NAME}"),
         "quick": args.quick,
+        "section": section,
+        "contention": args.contention,
         "images": len(labels),
         "torch_threads": torch.get_num_threads(),
         **figures,
@@ -310,7 +335,7 @@ def main() -> None:
     }
     data["verdicts"] = verdicts(figures)
     data["claim_holds"] = all(v["holds"] for v in data["verdicts"])
-    publish(args, NAME, data, markdown, plot)
+    publish(args, section, data, markdown, plot)
 
 
 if __name__ == "__main__":

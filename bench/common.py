@@ -59,7 +59,15 @@ came from; the raw figures are in `docs/bench/*.json` beside the plots. Each ben
 own section of this page, so rerunning one leaves the others as they were. A `--quick` run only proves
 that a script works end to end: its figures are not measurements.
 """
-SECTIONS = ("anytime_vs_static", "scheduler", "classify", "overheads", "budgeted", "soak")
+SECTIONS = (
+    "anytime_vs_static",
+    "anytime_vs_static_contended",
+    "scheduler",
+    "classify",
+    "overheads",
+    "budgeted",
+    "soak",
+)
 
 
 # --- provenance ------------------------------------------------------------------------------------
