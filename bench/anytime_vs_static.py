@@ -56,6 +56,11 @@ QUICK_IMAGES = 300
 WARMUP_IMAGES = 20
 
 
+def section(contention: int) -> str:
+    """The results-page section (and default file names) of a run: contended runs keep their own."""
+    return f"{NAME}_contended" if contention else NAME
+
+
 def time_anytime(model: Any, x: torch.Tensor) -> tuple[list[float], list[int]]:
     """Seconds from the start to each exit's answer, and each exit's predicted class."""
     times, preds = [], []
@@ -170,7 +175,7 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
             "deadline): "
             f"**{'holds' if held else 'does not hold everywhere'}**.",
             "",
-            f"![accuracy by deadline](bench/{data.get('section', NAME)}.png)",
+            f"![accuracy by deadline](bench/{section(busy)}.png)",
         ]
     )
 
@@ -273,9 +278,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.contention < 0:
         parser.error("--contention must be 0 or more")
-    section = f"{NAME}_contended" if args.contention else NAME
     if args.out == DOCS / "bench" / f"{NAME}.json":  # the default: a contended run keeps its own files
-        args.out = DOCS / "bench" / f"{section}.json"
+        args.out = DOCS / "bench" / f"{section(args.contention)}.json"
     use_service_threads()
     # The anytime models, the claim's subject first; every model runs folded, as the service serves it.
     anytime = {_label(w): load_model(w) for w in [args.weights, *args.also]}
@@ -325,7 +329,6 @@ def main() -> None:
     data: dict[str, Any] = {
         **provenance(f"bench.{NAME}"),
         "quick": args.quick,
-        "section": section,
         "contention": args.contention,
         "images": len(labels),
         "torch_threads": torch.get_num_threads(),
@@ -335,7 +338,7 @@ def main() -> None:
     }
     data["verdicts"] = verdicts(figures)
     data["claim_holds"] = all(v["holds"] for v in data["verdicts"])
-    publish(args, section, data, markdown, plot)
+    publish(args, section(args.contention), data, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,15 @@ def exit_probabilities(
     return torch.cat(chunks, dim=1)
 
 
-def evaluate(model: MSDNet, card: ModelCard, data: ImageSet, batch_size: int = 500) -> dict:
-    """Per-exit accuracy and the budgeted curve (real early exit, timed) on ``data``."""
-    probs = exit_probabilities(model, data, card.mean, card.std, batch_size)
+def evaluate(
+    model: MSDNet, card: ModelCard, data: ImageSet, batch_size: int = 500, probs: Tensor | None = None
+) -> dict:
+    """Per-exit accuracy and the budgeted curve (real early exit, timed) on ``data``.
+
+    ``probs``: ``exit_probabilities`` of this model on ``data``, for a caller that needs them too
+    (one full pass over the data instead of two)."""
+    if probs is None:
+        probs = exit_probabilities(model, data, card.mean, card.std, batch_size)
     labels = data.labels
     exits = [
         {"exit": e.exit, "mflops": e.mflops, "accuracy": round(float((p.argmax(1) == labels).float().mean()), 5)}

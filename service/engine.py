@@ -209,26 +209,26 @@ class Engine:
         Requests not started yet are counted as the batches they will be computed in."""
         with self._cond:
             owed = [j for j in self._jobs if j.deadline <= deadline and _owes(j)]
-        groups: list[tuple[int, int, int]] = []  # (first block, last block, batch size) each
-        started: set[int] = set()
+        # (first block, last block, batch size) of each batch that will run; a running batch is keyed
+        # by its id, so it counts once however many jobs share it
+        groups: dict[int, tuple[int, int, int]] = {}
         waiting: dict[tuple[int, int], int] = {}  # (min_exits, max_exits) -> images not started yet
         for job in owed:
             if job.batch is not None:
-                if id(job.batch) not in started:  # one running batch, however many jobs share it
-                    started.add(id(job.batch))
-                    groups.append((job.exits_done, job.min_exits - 1, job.batch.size))
+                groups[id(job.batch)] = (job.exits_done, job.min_exits - 1, job.batch.size)
             elif job.kind is JobKind.CLASSIFY:  # waiting requests batch together as _batchable allows
                 key = (job.min_exits, job.max_exits)
                 waiting[key] = waiting.get(key, 0) + len(job.images)
             else:
-                groups.append((0, job.min_exits - 1, len(job.images)))
+                groups[id(job)] = (0, job.min_exits - 1, len(job.images))
+        planned = list(groups.values())
         for (min_exits, _), images in waiting.items():
             # They will start as full batches of max_classify_batch and one smaller remainder.
             full, rest = divmod(images, self.max_classify_batch)
-            groups += [(0, min_exits - 1, self.max_classify_batch)] * full
+            planned += [(0, min_exits - 1, self.max_classify_batch)] * full
             if rest:
-                groups.append((0, min_exits - 1, rest))
-        return sum(self.latency.predict_total(*group) for group in groups)
+                planned.append((0, min_exits - 1, rest))
+        return sum(self.latency.predict_total(*group) for group in planned)
 
     # --- the loop ----------------------------------------------------------------------------
 
