@@ -22,6 +22,9 @@ class TickRecorder:
     scheduler: Any
     recording: bool = False
     lateness_ms: list[float] = field(default_factory=list)
+    # The part of the lateness before the tick's work began: the scheduler thread waking up (timer,
+    # GIL, CPU); lateness - wake is the tick's own work (snapshots, messages, the hand-off).
+    wake_ms: list[float] = field(default_factory=list)
     ticks: list[int] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)  # one per camera per tick; 0 = nothing classified yet
     deepest: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)  # (camera, frame) -> exit, MFLOPs
@@ -39,6 +42,7 @@ class TickRecorder:
             lateness_ms = (time.monotonic() - report.scheduled_at) * 1000
             with self._lock:
                 self.lateness_ms.append(lateness_ms)
+                self.wake_ms.append((report.started_at - report.scheduled_at) * 1000)
                 self.ticks.append(report.tick)
                 for camera_id, entry in report.entries.items():
                     self.exits.append(entry.result.exit if entry else 0)

@@ -63,6 +63,7 @@ class TickReport:
 
     tick: int
     scheduled_at: float  # monotonic
+    started_at: float  # monotonic: when the tick's work began (after the scheduler thread woke up)
     published_at_mono: float
     published_at: float  # wall clock
     entries: dict[str, BoardEntry | None]
@@ -106,11 +107,13 @@ class TickScheduler:
     # --- pure tick logic (tests call this directly) ------------------------------------------
 
     def tick(self, k: int, scheduled_at: float) -> TickReport:
+        started_at = self.clock()
         statuses = {s.camera_id: s for s in self.statuses()}
         entries = self.board.snapshot()
         report = TickReport(
             tick=k,
             scheduled_at=scheduled_at,
+            started_at=started_at,
             published_at_mono=self.clock(),
             published_at=self.wall_clock(),
             entries={cid: entries.get(cid) for cid in statuses},

@@ -3,7 +3,8 @@ that dies and comes back, or freezes, reconnects by itself while a synthetic cam
 ticking.
 
 Everything runs on loopback with the tiny untrained MSDNet, and every wait is bounded so that a
-regression fails instead of hanging CI. A real uvicorn server runs in a thread (tests/reliability_helpers.py).
+regression fails instead of hanging CI. A real uvicorn server runs in a thread
+(tests/reliability_helpers.py); the camera that dies is tests/mjpeg_server.py.
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ from service.app import create_app
 from service.config import CameraConfig
 from service.messages import CameraPrediction
 
+from .mjpeg_server import MjpegServer
 from .reliability_helpers import (
     TICK_HZ,
-    MjpegServer,
     UvicornThread,
-    WsRecorder,
     reliability_settings,
     served_metric,
     tick_gaps,
     wait_until,
 )
+from .ws_clients import WsRecorder
 
 # =====================================================================================================
 # 2. A network camera whose source dies and comes back, next to a synthetic one that must not notice

@@ -24,18 +24,15 @@ from .reliability_helpers import (
     TICK_HZ,
     WS_PATH,
     UvicornThread,
-    WsRecorder,
-    abort_socket,
     metric_value,
     random_jpeg,
-    raw_websocket,
     reliability_settings,
     served_metric,
     small_write_buffer_ws_protocol,
-    sockets_closed,
     tick_gaps,
     wait_until,
 )
+from .ws_clients import WsRecorder, abort_socket, raw_websocket, sockets_closed
 
 # =====================================================================================================
 # 3. 100 websocket subscribers on a real server, 10 of which never read
