@@ -189,9 +189,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
         return 0
     for item in report["images"]:
         print(f"{item['path']}\t{item['label']}\t{item['confidence']:.3f}\texit {item['exit']}")
+    for path in report["skipped"]:
+        print(f"skipped {path}: not a decodable image", file=sys.stderr)
     t = report["totals"]
+    skipped = f", {len(report['skipped'])} skipped" if report["skipped"] else ""
     print(
-        f"{t['images']} images, {t['avg_mflops']:.2f} MFLOPs per image on average "
+        f"{t['images']} images{skipped}, {t['avg_mflops']:.2f} MFLOPs per image on average "
         f"(budget {t['budget_mflops']}, thresholds p={t['p']}), {t['wall_s']:.2f} s"
     )
     return 0

@@ -106,3 +106,8 @@ def test_batch_skips_undecodable_files(capsys: pytest.CaptureFixture[str], tiny_
         capsys, "batch", str(tmp_path), "--weights", str(tiny_weights), "--budget-mflops", "100", "--json"
     )
     assert report["totals"]["images"] == 1 and report["skipped"] == [str(tmp_path / "broken.jpg")]
+    # The text report names what it skipped too, instead of dropping it silently.
+    assert main(["batch", str(tmp_path), "--weights", str(tiny_weights), "--budget-mflops", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert "ok.png" in out and "1 images, 1 skipped" in out
+    assert f"skipped {tmp_path / 'broken.jpg'}: not a decodable image" in err
