@@ -144,6 +144,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._current_tick: Job | None = None
         self._seq = itertools.count()
+        # When the step in progress began (monotonic), None between steps: a step lasts milliseconds,
+        # so one that has run for seconds means the model is stuck (see Runtime.problems).
+        self.step_started_at: float | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -247,11 +250,14 @@ class Engine:
             job = self._next_job()
             if job is None:
                 break
+            self.step_started_at = self.clock()
             try:
                 self._step(job)
             except Exception:
                 log.exception("engine job failed")
                 self._finish(job, Outcome.ERROR)
+            finally:
+                self.step_started_at = None
 
     def _step(self, job: Job) -> None:
         if job.superseded:

@@ -42,6 +42,9 @@ class Overloaded(RuntimeError):
 class Runtime:
     # Time kept back from a /classify deadline for building and sending the response.
     RESPONSE_MARGIN_S = 0.002
+    # A block takes milliseconds and ticks come every 100 ms: seconds of either silence is a fault.
+    ENGINE_STALL_S = 10.0
+    TICK_STALL_S = 5.0
 
     def __init__(
         self,
@@ -98,6 +101,28 @@ class Runtime:
         self.cameras.stop_all(timeout=2.0)
         if self.engine is not None:
             self.engine.stop(timeout=1.0)
+
+    def problems(self) -> list[str]:
+        """Why a started service cannot do its job (a dead or stuck thread): what /health and /ready
+        report with a 503, so a container's health check flags it. Empty while starting or stopping."""
+        if not self.ready:
+            return []
+        found, now = [], self.clock()
+        engine, scheduler = self.engine, self.scheduler
+        if engine is not None:
+            busy_since = engine.step_started_at
+            if not engine.running:
+                found.append("the engine thread has stopped")
+            elif busy_since is not None and now - busy_since > self.ENGINE_STALL_S:
+                found.append(f"the engine has been on one block for {now - busy_since:.0f} s")
+        if scheduler is not None:
+            last = scheduler.last_tick_at
+            quiet_limit = max(self.TICK_STALL_S, 10 * scheduler.period)
+            if not scheduler.running:
+                found.append("the tick thread has stopped")
+            elif last is not None and now - last > quiet_limit:
+                found.append(f"no tick for {now - last:.0f} s")
+        return found
 
     # --- ticks -------------------------------------------------------------------------------
 

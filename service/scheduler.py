@@ -99,6 +99,7 @@ class TickScheduler:
         self.on_job_done = on_job_done
         self._sleep = sleep or self._precise_sleep
         self.start_time: float | None = None
+        self.last_tick_at: float | None = None  # monotonic start of the latest tick
         self.tick_count = 0
         self.missed_ticks = 0
         self._stop = threading.Event()
@@ -107,7 +108,7 @@ class TickScheduler:
     # --- pure tick logic (tests call this directly) ------------------------------------------
 
     def tick(self, k: int, scheduled_at: float) -> TickReport:
-        started_at = self.clock()
+        started_at = self.last_tick_at = self.clock()
         statuses = {s.camera_id: s for s in self.statuses()}
         entries = self.board.snapshot()
         report = TickReport(
@@ -193,6 +194,10 @@ class TickScheduler:
             self._stop.wait(remaining - 0.0015)
         else:
             time.sleep(0)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="anytime-ticks", daemon=True)

@@ -16,16 +16,22 @@ public = APIRouter(tags=["operations"])
 router = APIRouter(tags=["operations"], dependencies=[Depends(require_token)])
 
 
-@public.get("/health", summary="Liveness: the process answers")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def _unhealthy(problems: list[str]) -> JSONResponse:
+    return JSONResponse({"status": "unhealthy", "problems": problems}, status_code=503)
 
 
-@router.get("/ready", summary="Readiness: 503 until the model is loaded and cameras are started")
+@public.get("/health", summary="Liveness: the process answers and its engine and tick threads are alive")
+def health(runtime: RuntimeDep) -> Response:
+    problems = runtime.problems()
+    return _unhealthy(problems) if problems else JSONResponse({"status": "ok"})
+
+
+@router.get("/ready", summary="Readiness: 503 until the model is loaded and cameras are started, and when unhealthy")
 def ready(runtime: RuntimeDep) -> Response:
-    if runtime.ready:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "starting"}, status_code=503)
+    if not runtime.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    problems = runtime.problems()
+    return _unhealthy(problems) if problems else JSONResponse({"status": "ready"})
 
 
 @router.get("/cameras", response_model=list[CameraInfo], summary="State, fps and dropped frames of every camera")
