@@ -35,4 +35,3 @@ def test_recorder_splits_lateness_into_waking_and_work() -> None:
     assert recorder.ticks == [7] and recorder.exits == [0]
     assert recorder.wake_ms == [pytest.approx(3.0, abs=1e-6)]
     assert recorder.lateness_ms[0] >= 4.0 > recorder.wake_ms[0]
-
