@@ -222,9 +222,21 @@ class CameraReader:
 
     def _pump(self, source: FrameSource) -> bool:
         period = 1.0 / self.config.fps if self.config.fps else 0.0
+        skip = getattr(source, "skip", None) if period else None
         next_publish = 0.0
         last = self._clock()
         while not self._stop.is_set():
+            if skip is not None and self._unwanted(source, last, next_publish, period):
+                # Decode (a live source must be drained) but skip the colour conversion of a frame
+                # the fps cap would drop anyway.
+                if not skip():
+                    return True
+                now = self._clock()
+                if now - last > self._stall_timeout:
+                    raise SourceError(f"no frame for {now - last:.1f} s")
+                last = now
+                self._record_frame(now)
+                continue
             image = source.read()
             now = self._clock()
             if image is None:
@@ -243,6 +255,13 @@ class CameraReader:
             image.flags.writeable = False  # shared by the scheduler and the video stream: draw on a copy
             self.mailbox.put(Frame(self.camera_id, seq, image, captured_at=self._wall_clock(), captured_mono=now))
         return False
+
+    @staticmethod
+    def _unwanted(source: FrameSource, last: float, next_publish: float, period: float) -> bool:
+        """Will the next frame arrive too early to publish? Only answerable when the source knows its
+        own frame rate; without it every frame is read in full."""
+        native = getattr(source, "native_fps", None)
+        return bool(native) and last + 1.0 / native + 0.1 * period < next_publish
 
     def _record_frame(self, now: float) -> int:
         with self._lock:

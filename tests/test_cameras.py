@@ -237,6 +237,52 @@ def test_fps_cap_publishes_fewer_frames_than_decoded(readers: list[CameraReader]
     assert decoded > len(published)
 
 
+def test_fps_cap_skips_the_frames_it_would_not_publish(readers: list[CameraReader]) -> None:
+    """A source that knows its frame rate and can skip: frames the cap would drop are skipped, not
+    read and converted; every frame still counts as decoded, and the published rate keeps the cap."""
+
+    class SkippingSource(FakeSource):
+        native_fps = 500.0  # matches the script's 2 ms period
+
+        def __init__(self, script: Script) -> None:
+            super().__init__(script)
+            self.reads = self.skips = 0
+
+        def read(self) -> np.ndarray | None:
+            self.reads += 1
+            return super().read()
+
+        def skip(self) -> bool:
+            time.sleep(self.script.period)
+            self.skips += 1
+            return True
+
+    sources: list[SkippingSource] = []
+
+    def factory(config: CameraConfig) -> SkippingSource:
+        sources.append(SkippingSource(Script(FOREVER, period=0.002)))
+        return sources[-1]
+
+    published: list[int] = []
+
+    class CountingMailbox(LatestFrameMailbox):
+        def put(self, frame: Frame) -> None:
+            published.append(frame.seq)
+            super().put(frame)
+
+    reader = CameraReader(camera(fps=20), factory)
+    reader.mailbox = CountingMailbox()
+    start = time.monotonic()
+    reader.start()
+    readers.append(reader)
+    assert wait_until(lambda: reader.status().frames >= 100)
+    reader.stop()
+    elapsed, (source,) = time.monotonic() - start, sources
+    assert reader.status().frames == source.reads + source.skips
+    assert source.skips > source.reads >= len(published) >= 1
+    assert len(published) <= elapsed * 20 + 2
+
+
 def test_stop_all_is_quick_during_a_long_backoff() -> None:
     manager = CameraManager(
         [camera("dead"), camera("live", "synthetic:32x32")],

@@ -100,6 +100,22 @@ def test_file_with_loop_starts_again(clip: Path) -> None:
     assert grey_levels(frames) == [40, 90, 140, 190, 40, 90, 140, 190, 40]  # type: ignore[arg-type]
 
 
+def test_skip_moves_past_frames_without_returning_them(clip: Path) -> None:
+    source = OpenCVSource(str(clip), loop=False)
+    source.open()
+    assert source.skip() and grey_levels([source.read()]) == [90]  # type: ignore[list-item]
+    assert source.skip() and source.skip()  # frames 3 and 4
+    assert source.skip() is False and source.read() is None  # the end, as read() reports it
+    source.close()
+    looping = OpenCVSource(str(clip), loop=True)
+    looping.open()
+    assert all(looping.skip() for _ in range(CLIP_FRAMES))  # through the end ...
+    assert grey_levels([looping.read()]) == [40]  # type: ignore[list-item]  # ... and round again
+    looping.close()
+    with pytest.raises(SourceError, match="not open"):
+        looping.skip()
+
+
 def test_file_is_paced_to_its_frame_rate(tmp_path: Path) -> None:
     path = tmp_path / "slow.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 40.0, (32, 32))
