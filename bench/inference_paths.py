@@ -37,7 +37,7 @@ from bench.common import (
 NAME = "inference_paths"
 PATHS = ("eager", "channels_last", "torchscript")
 BATCHES = (1, 4, 16)
-MAX_ABS_DIFF = 1e-4
+MAX_REL_DIFF = 2e-5
 
 
 def channels_last(model: Any) -> Any:
@@ -78,9 +78,10 @@ def time_paths(models: dict[str, Any], batch: int, reps: int, warmup: int) -> di
     runs = {name: all_exits(model, inputs[name]) for name, model in models.items()}
     reference = runs["eager"]()
     max_diff = {name: float((run() - reference).abs().max()) for name, run in runs.items()}
-    wrong = {name: diff for name, diff in max_diff.items() if diff > MAX_ABS_DIFF}
+    allowed = MAX_REL_DIFF * max(1.0, float(reference.abs().max()))  # float32 reassociation, scaled to the logits
+    wrong = {name: diff for name, diff in max_diff.items() if diff > allowed}
     if wrong:  # a path that computes something else is not a faster path
-        raise SystemExit(f"batch {batch}: logits differ from eager by {wrong} (allowed {MAX_ABS_DIFF})")
+        raise SystemExit(f"batch {batch}: logits differ from eager by {wrong} (allowed {allowed:.1e})")
     times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(warmup + reps):
         for name, run in runs.items():

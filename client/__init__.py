@@ -25,7 +25,14 @@ if TYPE_CHECKING:
         UnsupportedMediaType,
     )
     from client.http import AnytimeClient, AsyncAnytimeClient
-    from client.messages import CameraInfo, CameraPrediction, ClassifyResponse, TopClass
+    from client.messages import (
+        BatchClassifyResponse,
+        BatchImageResult,
+        CameraInfo,
+        CameraPrediction,
+        ClassifyResponse,
+        TopClass,
+    )
     from client.ws import Subscription, SyncSubscription, subscribe, subscribe_sync
 
 __all__ = [
@@ -33,6 +40,8 @@ __all__ = [
     "AnytimeError",
     "AsyncAnytimeClient",
     "BadRequest",
+    "BatchClassifyResponse",
+    "BatchImageResult",
     "CameraInfo",
     "CameraNotFound",
     "CameraPrediction",

@@ -8,6 +8,7 @@ status code means. Every non-2xx answer becomes a typed ``HTTPStatusError``; a n
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Self
 
@@ -15,7 +16,7 @@ import httpx
 from pydantic import TypeAdapter
 
 from client.errors import ConnectionLost, error_for_status
-from client.messages import CameraInfo, ClassifyResponse
+from client.messages import BatchClassifyResponse, CameraInfo, ClassifyResponse
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "AnytimeClient", "AsyncAnytimeClient", "ImageInput"]
 
@@ -58,6 +59,20 @@ def _classify_request(
     if exit is not None:
         params["exit"] = str(exit)
     return {"params": params, "content": data, "headers": {"Content-Type": ctype}}
+
+
+def _batch_request(images: Iterable[ImageInput], budget_mflops: float, deadline_ms: float) -> dict[str, Any]:
+    """The keyword arguments of ``POST /classify/batch``: one multipart ``file`` part per image."""
+    files = []
+    for i, image in enumerate(images):
+        data, ctype = image_payload(image)
+        name = f"image{i}" if isinstance(image, bytes | bytearray | memoryview) else Path(image).name
+        files.append(("file", (name, data, ctype)))
+    return {
+        "params": {"budget_mflops": f"{budget_mflops:g}", "deadline_ms": f"{deadline_ms:g}"},
+        "files": files,
+        "timeout": deadline_ms / 1000 + DEFAULT_TIMEOUT,  # the answer comes by the deadline, however long
+    }
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -114,6 +129,14 @@ class AnytimeClient:
         """The deepest exit the service reaches within ``deadline_ms`` (or exactly exit ``exit``)."""
         response = self._request("POST", "/classify", **_classify_request(image, deadline_ms, exit, content_type))
         return ClassifyResponse.model_validate_json(response.content)
+
+    def classify_batch(
+        self, images: Iterable[ImageInput], budget_mflops: float, deadline_ms: float = 10000
+    ) -> BatchClassifyResponse:
+        """Budgeted batch classification: each image leaves at the first exit confident enough for the
+        thresholds that fit ``budget_mflops`` (average multiply-adds per image, millions)."""
+        response = self._request("POST", "/classify/batch", **_batch_request(images, budget_mflops, deadline_ms))
+        return BatchClassifyResponse.model_validate_json(response.content)
 
     def cameras(self) -> list[CameraInfo]:
         return _CAMERAS.validate_json(self._request("GET", "/cameras").content)
@@ -177,6 +200,13 @@ class AsyncAnytimeClient:
     ) -> ClassifyResponse:
         response = await self._request("POST", "/classify", **_classify_request(image, deadline_ms, exit, content_type))
         return ClassifyResponse.model_validate_json(response.content)
+
+    async def classify_batch(
+        self, images: Iterable[ImageInput], budget_mflops: float, deadline_ms: float = 10000
+    ) -> BatchClassifyResponse:
+        request = _batch_request(images, budget_mflops, deadline_ms)
+        response = await self._request("POST", "/classify/batch", **request)
+        return BatchClassifyResponse.model_validate_json(response.content)
 
     async def cameras(self) -> list[CameraInfo]:
         return _CAMERAS.validate_json((await self._request("GET", "/cameras")).content)

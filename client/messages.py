@@ -11,7 +11,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CameraInfo", "CameraPrediction", "CameraState", "ClassifyResponse", "TopClass"]
+__all__ = [
+    "BatchClassifyResponse",
+    "BatchImageResult",
+    "CameraInfo",
+    "CameraPrediction",
+    "CameraState",
+    "ClassifyResponse",
+    "TopClass",
+]
 
 CameraState = Literal["connecting", "live", "down", "stopped"]
 
@@ -59,6 +67,31 @@ class ClassifyResponse(_Message):
     elapsed_ms: float
     deadline_ms: float
     deadline_met: bool
+
+
+class BatchImageResult(_Message):
+    """One image of a budgeted batch, in upload order."""
+
+    index: int
+    filename: str | None
+    label: str
+    class_index: int
+    confidence: float
+    exit: int
+    mflops: float
+
+
+class BatchClassifyResponse(_Message):
+    """The answer of ``POST /classify/batch``: each image left at its own exit; ``avg_mflops`` is what it cost."""
+
+    images: list[BatchImageResult]
+    exits_total: int
+    budget_mflops: float
+    avg_mflops: float
+    p: float | None
+    cut_by_deadline: int
+    elapsed_ms: float
+    deadline_ms: float
 
 
 class CameraInfo(_Message):

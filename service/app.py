@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.api import classify, ops, stream, ui, video
+from service.api import batch, classify, ops, stream, ui, video
 from service.classifier import AnytimeClassifier
 from service.config import Settings
 from service.runtime import Runtime
@@ -76,6 +76,7 @@ def create_app(
     app.include_router(ops.public)
     app.include_router(ops.router)
     app.include_router(classify.router)
+    app.include_router(batch.router)
     app.include_router(stream.router)
     app.include_router(video.router)
     app.include_router(ui.router)

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="POST /classify body cap (413)")
     max_image_pixels: int = Field(default=40_000_000, gt=0, description="decompression-bomb guard for uploads")
     max_pending_classify: int = Field(default=32, ge=1, description="uploads waiting for the engine before 503")
+    max_batch_images: int = Field(
+        default=64, ge=1, description="POST /classify/batch: images per request, and waiting in all, before 413/503"
+    )
     max_subscribers: int = Field(
         default=256, ge=1, description="websocket subscriptions at once, all cameras; more are closed with 1013"
     )

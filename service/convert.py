@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from service.classifier import ExitResult
-from service.messages import CameraPrediction, ClassifyResponse, TopClass
+from service.messages import BatchClassifyResponse, BatchImageResult, CameraPrediction, ClassifyResponse, TopClass
 from service.scheduler import TickReport
 
-__all__ = ["classify_response", "tick_messages"]
+__all__ = ["batch_response", "classify_response", "tick_messages"]
 
 
 def _top5(result: ExitResult) -> list[TopClass]:
@@ -51,4 +51,37 @@ def classify_response(result: ExitResult, elapsed_ms: float, deadline_ms: float)
         elapsed_ms=round(elapsed_ms, 3),
         deadline_ms=deadline_ms,
         deadline_met=elapsed_ms <= deadline_ms,
+    )
+
+
+def batch_response(
+    answers: list[tuple[str | None, ExitResult, bool]],
+    *,
+    budget_mflops: float,
+    p: float | None,
+    elapsed_ms: float,
+    deadline_ms: float,
+) -> BatchClassifyResponse:
+    """(file name, result, cut by the deadline) per image, in upload order -> the wire answer."""
+    images = [
+        BatchImageResult(
+            index=i,
+            filename=name,
+            label=result.label,
+            class_index=result.class_index,
+            confidence=result.confidence,
+            exit=result.exit,
+            mflops=result.mflops,
+        )
+        for i, (name, result, _) in enumerate(answers)
+    ]
+    return BatchClassifyResponse(
+        images=images,
+        exits_total=answers[0][1].exits_total,
+        budget_mflops=budget_mflops,
+        avg_mflops=round(sum(r.mflops for _, r, _ in answers) / len(answers), 4),
+        p=p,
+        cut_by_deadline=sum(1 for _, _, cut in answers if cut),
+        elapsed_ms=round(elapsed_ms, 3),
+        deadline_ms=deadline_ms,
     )

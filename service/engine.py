@@ -1,7 +1,8 @@
 """The one thread that owns the model and runs jobs exit by exit, earliest deadline first.
 
-A job is a batch of images with a deadline: the frames of one camera tick, or one /classify
-request. The engine advances the most urgent job by one block at a time. Before a block it asks
+A job is a batch of images with a deadline: the frames of one camera tick, one /classify request,
+or one image of a /classify/batch request (which leaves at the first exit confident enough for its
+budget). The engine advances the most urgent job by one block at a time. Before a block it asks
 the latency model whether the block can finish by the job's deadline and, if not, closes the job
 with the deepest exit it has. Between layers it stops a block when the deadline passes, when a
 newer tick supersedes the job, or when a more urgent job is waiting; the interrupted block is
@@ -43,6 +44,7 @@ Clock = Callable[[], float]
 class JobKind(StrEnum):
     TICK = "tick"
     CLASSIFY = "classify"
+    BATCH = "batch"  # one image of a budgeted batch: leaves when confident enough, never urgent
 
 
 class Outcome(StrEnum):
@@ -64,6 +66,8 @@ class Job:
     on_done: Callable[[Job, Outcome], None]
     min_exits: int = 0  # exits to reach whatever the deadline (1 for /classify)
     max_exits: int | None = None  # stop after this exit (a forced exit)
+    # Stop after the exit whose result this accepts (budgeted batch: confident enough to leave early).
+    stop_when: Callable[[ExitResult], bool] | None = None
     context: Any = None  # caller's bookkeeping, e.g. the cameras' frames
     seq: int = 0
     superseded: bool = False
@@ -115,8 +119,8 @@ def _owes(job: Job) -> bool:
 
 def _batchable(a: Job, b: Job) -> bool:
     return (
-        a.kind is JobKind.CLASSIFY
-        and b.kind is JobKind.CLASSIFY
+        a.kind is b.kind
+        and a.kind is not JobKind.TICK
         and a.batch is None
         and b.batch is None
         and a.max_exits == b.max_exits
@@ -215,17 +219,18 @@ class Engine:
         # (first block, last block, batch size) of each batch that will run; a running batch is keyed
         # by its id, so it counts once however many jobs share it
         groups: dict[int, tuple[int, int, int]] = {}
-        waiting: dict[tuple[int, int], int] = {}  # (min_exits, max_exits) -> images not started yet
+        # (kind, min_exits, max_exits) -> images not started yet
+        waiting: dict[tuple[JobKind, int, int | None], int] = {}
         for job in owed:
             if job.batch is not None:
                 groups[id(job.batch)] = (job.exits_done, job.min_exits - 1, job.batch.size)
-            elif job.kind is JobKind.CLASSIFY:  # waiting requests batch together as _batchable allows
-                key = (job.min_exits, job.max_exits)
+            elif job.kind is not JobKind.TICK:  # waiting requests batch together as _batchable allows
+                key = (job.kind, job.min_exits, job.max_exits)
                 waiting[key] = waiting.get(key, 0) + len(job.images)
             else:
                 groups[id(job)] = (0, job.min_exits - 1, len(job.images))
         planned = list(groups.values())
-        for (min_exits, _), images in waiting.items():
+        for (_, min_exits, _), images in waiting.items():
             # They will start as full batches of max_classify_batch and one smaller remainder.
             full, rest = divmod(images, self.max_classify_batch)
             planned += [(0, min_exits - 1, self.max_classify_batch)] * full
@@ -293,7 +298,9 @@ class Engine:
             member.latest = rows
             member.on_exit(member, rows)
         for member in list(batch.jobs):
-            if member.exits_done >= self._limit(member):
+            if member.exits_done >= self._limit(member) or (
+                member.stop_when is not None and member.stop_when(member.latest[0])
+            ):
                 self._finish(member, Outcome.COMPLETE)
 
     def _expire_waiting(self, running: _Batch, block_ends: float) -> None:
@@ -313,7 +320,7 @@ class Engine:
         with self._cond:
             mates = [j for j in self._jobs if j is not job and _batchable(job, j) and not j.superseded]
         mates.sort(key=lambda j: (j.deadline, j.seq))
-        jobs = [job, *mates[: self.max_classify_batch - 1]] if job.kind is JobKind.CLASSIFY else [job]
+        jobs = [job, *mates[: self.max_classify_batch - 1]] if job.kind is not JobKind.TICK else [job]
         images = [image for member in jobs for image in member.images]
         batch = _Batch(jobs, self.classifier.model.stepper(self.classifier.preprocess(images)))
         for member in jobs:

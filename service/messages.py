@@ -10,7 +10,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CameraInfo", "CameraPrediction", "ClassifyResponse", "ErrorResponse", "TopClass"]
+__all__ = [
+    "BatchClassifyResponse",
+    "BatchImageResult",
+    "CameraInfo",
+    "CameraPrediction",
+    "ClassifyResponse",
+    "ErrorResponse",
+    "TopClass",
+]
 
 
 class _Message(BaseModel):
@@ -60,6 +68,31 @@ class ClassifyResponse(_Message):
     elapsed_ms: float = Field(description="from receipt of the request to the answer, decoding included")
     deadline_ms: float
     deadline_met: bool
+
+
+class BatchImageResult(_Message):
+    """One image of ``POST /classify/batch``, in upload order."""
+
+    index: int = Field(description="position among the uploaded files, from 0")
+    filename: str | None
+    label: str
+    class_index: int
+    confidence: float
+    exit: int = Field(description="the exit it left at: confident enough, the last exit, or the deadline's")
+    mflops: float = Field(description="cumulative multiply-adds spent on it, millions")
+
+
+class BatchClassifyResponse(_Message):
+    """The answer of ``POST /classify/batch``: budgeted batch classification with real early exit."""
+
+    images: list[BatchImageResult]
+    exits_total: int
+    budget_mflops: float = Field(description="the requested average cost per image")
+    avg_mflops: float = Field(description="the average cost per image actually spent")
+    p: float | None = Field(description="the fitted threshold set used (null: every image leaves at exit 1)")
+    cut_by_deadline: int = Field(description="images answered at the deadline before their thresholds said so")
+    elapsed_ms: float = Field(description="from receipt of the request to the answer, decoding included")
+    deadline_ms: float
 
 
 class CameraInfo(_Message):

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from model.batch import choose_thresholds
 from service.cameras import CameraManager
-from service.classifier import AnytimeClassifier
+from service.classifier import AnytimeClassifier, ExitResult
 from service.config import Settings
-from service.convert import classify_response, tick_messages
+from service.convert import batch_response, classify_response, tick_messages
 from service.engine import Engine, Job, JobKind, Outcome
-from service.messages import ClassifyResponse
+from service.messages import BatchClassifyResponse, ClassifyResponse
 from service.publisher import Publisher
 from service.scheduler import ResultBoard, TickReport, TickScheduler
 from service.telemetry import ServiceMetrics
@@ -181,3 +182,59 @@ class Runtime:
             raise Overloaded("the service is shutting down", retry_after_s=1.0)
         elapsed_ms = (self.clock() - received_at) * 1000
         return classify_response(job.latest[0], elapsed_ms, deadline_ms)
+
+    async def classify_batch(
+        self,
+        images: list[tuple[str | None, np.ndarray]],
+        budget_mflops: float,
+        deadline_ms: float,
+        received_at: float,
+    ) -> BatchClassifyResponse:
+        """Budgeted batch classification with real early exit: every image leaves at the first exit whose
+        confidence passes the fitted threshold set that fits ``budget_mflops`` (raises
+        ``model.batch.BudgetTooSmallError`` below exit 1's cost). The images are computed together, as
+        the engine's least urgent work: camera ticks and /classify requests go first."""
+        engine, classifier = self.engine, self.classifier
+        if engine is None or classifier is None or not self.ready:
+            raise Overloaded("the model is not loaded yet", retry_after_s=1.0)
+        chosen = choose_thresholds(classifier.card, budget_mflops)
+        limits = list(chosen.thresholds) if chosen else [-1.0] * (classifier.exits_total - 1)
+        waiting = engine.pending(JobKind.BATCH)
+        if waiting + len(images) > self.settings.max_batch_images:
+            raise Overloaded(f"{waiting} batch images are already waiting", retry_after_s=5.0)
+        loop = asyncio.get_running_loop()
+        deadline = received_at + deadline_ms / 1000 - self.RESPONSE_MARGIN_S
+
+        def confident(result: ExitResult) -> bool:
+            return result.exit < len(limits) + 1 and result.confidence >= limits[result.exit - 1]
+
+        futures: list[asyncio.Future[tuple[Job, Outcome]]] = []
+        for _, image in images:
+            done: asyncio.Future[tuple[Job, Outcome]] = loop.create_future()
+            futures.append(done)
+
+            def on_done(job: Job, outcome: Outcome, done: asyncio.Future = done) -> None:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result((job, outcome)))
+
+            engine.submit(
+                Job(
+                    kind=JobKind.BATCH,
+                    images=[image],
+                    deadline=deadline,
+                    on_exit=lambda job, results: None,
+                    on_done=on_done,
+                    min_exits=1,
+                    stop_when=confident,
+                )
+            )
+        finished = await asyncio.gather(*futures)
+        if any(not job.latest for job, _ in finished):
+            raise Overloaded("the service is shutting down", retry_after_s=1.0)
+        elapsed_ms = (self.clock() - received_at) * 1000
+        return batch_response(
+            [(name, job.latest[0], outcome is Outcome.DEADLINE) for (name, _), (job, outcome) in zip(images, finished)],
+            budget_mflops=budget_mflops,
+            p=chosen.p if chosen else None,
+            elapsed_ms=elapsed_ms,
+            deadline_ms=deadline_ms,
+        )

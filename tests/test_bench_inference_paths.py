@@ -17,7 +17,7 @@ def test_alternative_paths_compute_what_eager_computes(tiny_classifier) -> None:
     with torch.inference_mode():
         result = time_paths(models, batch=3, reps=2, warmup=1)  # traced at batch 1, run at batch 3
         x = torch.randn(2, 3, 32, 32)
-        assert torch.allclose(all_exits(models["torchscript"], x)(), all_exits(eager, x)(), atol=1e-5)
+        assert torch.allclose(all_exits(models["torchscript"], x)(), all_exits(eager, x)(), rtol=1e-4, atol=1e-4)
     assert set(result["median_ms"]) == {"eager", "channels_last", "torchscript"}
-    assert all(diff <= 1e-4 for diff in result["max_abs_diff_vs_eager"].values())
+    assert all(diff <= 1e-3 for diff in result["max_abs_diff_vs_eager"].values())  # logits of tens
     assert eager.blocks[0][0].__class__.__name__ != "RecursiveScriptModule"  # the served model is untouched

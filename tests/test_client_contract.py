@@ -66,6 +66,9 @@ def test_client_ignores_new_fields(name: str) -> None:
 
 def _samples() -> dict[str, BaseModel]:
     top = sm.TopClass(class_index=3, label="cat", confidence=0.8)
+    image = sm.BatchImageResult(
+        index=0, filename="cat.jpg", label="cat", class_index=3, confidence=0.97, exit=2, mflops=25.5
+    )
     return {
         "TopClass": top,
         "CameraPrediction": sm.CameraPrediction(
@@ -76,6 +79,11 @@ def _samples() -> dict[str, BaseModel]:
         "ClassifyResponse": sm.ClassifyResponse(
             label="cat", class_index=3, confidence=0.8, top5=[top], exit=2, exits_total=5, mflops=20.0,
             elapsed_ms=12.5, deadline_ms=50, deadline_met=True,
+        ),
+        "BatchImageResult": image,
+        "BatchClassifyResponse": sm.BatchClassifyResponse(
+            images=[image], exits_total=7, budget_mflops=30.0, avg_mflops=25.5, p=0.5, cut_by_deadline=0,
+            elapsed_ms=140.0, deadline_ms=10000,
         ),
         "CameraInfo": sm.CameraInfo(
             id="cam0", source="synthetic", state="live", fps=10.0, frames=100, dropped_frames=2, reconnects=0,

@@ -76,6 +76,32 @@ def test_forced_exit_stops_there(tiny_classifier, fake_clock) -> None:
     assert log[-1] == ("done", Outcome.COMPLETE) and job.exits_done == 3
 
 
+def test_batch_images_leave_when_confident_and_the_rest_go_on(tiny_classifier, fake_clock) -> None:
+    """Budgeted batch: images computed as one batch, each leaving at the first exit its rule accepts."""
+    engine = Engine(tiny_classifier, latency=_latency(0.001, sizes=(1, 2, 3)), clock=fake_clock)
+    logs: list[list] = [[], [], []]
+    leave_at = [1, 3, 5]  # the last image never satisfies its rule: it stops at the last exit
+    jobs = [
+        engine.submit(
+            _job(
+                JobKind.BATCH,
+                deadline=fake_clock() + 10,
+                log=logs[i],
+                min_exits=1,
+                stop_when=lambda r, at=leave_at[i]: r.exit == at and at < 5,
+            )
+        )
+        for i in range(3)
+    ]
+    engine._step(jobs[0])  # exit 1 for all three at once; the first is confident and leaves
+    assert jobs[0].exits_done == 1 and logs[0][-1] == ("done", Outcome.COMPLETE)
+    assert jobs[1].batch is jobs[2].batch and jobs[1].batch.size == 2  # the others go on, one batch
+    while engine.pending():
+        engine._step(min(engine._jobs, key=lambda j: j.seq))
+    assert [j.exits_done for j in jobs] == [1, 3, 5]
+    assert all(log[-1] == ("done", Outcome.COMPLETE) for log in logs)
+
+
 def test_a_new_tick_supersedes_the_previous_one(tiny_classifier, fake_clock) -> None:
     engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
     old_log: list = []

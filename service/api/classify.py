@@ -13,7 +13,7 @@ from service.images import ImageRejected, check_image, decode_checked
 from service.messages import ClassifyResponse, ErrorResponse
 from service.runtime import Overloaded
 
-__all__ = ["router"]
+__all__ = ["read_capped", "router"]
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_token)])
 
@@ -31,7 +31,7 @@ _ERRORS = {
 }
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
+async def read_capped(request: Request, cap: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise ImageRejected(413, f"body of {int(declared)} bytes is over the {cap}-byte cap")
@@ -45,7 +45,7 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 
 
 async def _image_bytes(request: Request, cap: int) -> tuple[bytes, str | None]:
-    body = await _read_capped(request, cap)
+    body = await read_capped(request, cap)
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         return body, content_type or None
