@@ -67,6 +67,14 @@ def test_a_raw_image_body_is_refused_with_the_right_media_type(client: TestClien
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
 
 
+def test_a_deadline_too_short_for_exit_one_gets_503(client: TestClient) -> None:
+    """A batch is the engine's least urgent work, exit 1 included: images that reach no exit by the
+    deadline make the whole batch a 503 rather than a partial answer."""
+    r = client.post("/classify/batch?budget_mflops=50&deadline_ms=1", files=_files(2))
+    assert r.status_code == 503 and "reached no exit by the 1 ms deadline" in r.json()["detail"], r.text
+    assert client.post("/classify/batch?budget_mflops=50", files=_files(2)).status_code == 200
+
+
 def test_too_many_waiting_batch_images_get_503(client: TestClient) -> None:
     client.app.state.runtime.engine.pending = lambda kind=None: 3  # three of four places taken
     r = client.post("/classify/batch?budget_mflops=50", files=_files(2))
