@@ -57,6 +57,10 @@ class ServiceMetrics:
         self.classify_exit = r.histogram(
             "anytime_classify_exit_depth", "Exit reached by /classify answers.", range(1, exits_total + 1)
         )
+        self.batch_requests = r.counter("anytime_batch_requests_total", "POST /classify/batch by status code.")
+        self.batch_exit = r.histogram(
+            "anytime_batch_exit_depth", "Exit each /classify/batch image left at.", range(1, exits_total + 1)
+        )
         self.ws_dropped = r.counter(
             "anytime_ws_dropped_messages_total", "Messages overwritten before a slow subscriber took them."
         )

@@ -40,6 +40,9 @@ def test_a_batch_is_answered_image_by_image_in_upload_order(client: TestClient) 
     assert [i["filename"] for i in body["images"]] == ["img0.jpg", "img1.jpg", "img2.jpg"]
     assert {i["exit"] for i in body["images"]} == {1} and body["p"] is None and body["cut_by_deadline"] == 0
     assert body["avg_mflops"] == pytest.approx(body["images"][0]["mflops"])
+    metrics = client.get("/metrics").text
+    assert 'anytime_batch_requests_total{code="200"} 1' in metrics
+    assert "anytime_batch_exit_depth_count 3" in metrics
 
 
 @pytest.mark.parametrize(

@@ -96,17 +96,28 @@ async def classify_batch(
     ] = 10000,
 ) -> JSONResponse:
     received_at = runtime.clock()
+    status = 500  # until an answer or a refusal says otherwise
     try:
         files = await _decoded_files(request, runtime)
         answer = await runtime.classify_batch(files, budget_mflops, deadline_ms, received_at)
+        status = 200
     except ImageRejected as exc:
+        status = exc.status
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
     except BudgetTooSmallError as exc:
+        status = 422
         return JSONResponse({"detail": str(exc)}, status_code=422)
     except Overloaded as exc:
+        status = 503
         return JSONResponse(
             {"detail": f"over capacity: {exc}"},
             status_code=503,
             headers={"Retry-After": str(max(1, int(exc.retry_after_s)))},
         )
+    finally:
+        if runtime.metrics is not None:
+            runtime.metrics.batch_requests.inc(code=str(status))
+    if runtime.metrics is not None:
+        for image in answer.images:
+            runtime.metrics.batch_exit.observe(image.exit)
     return JSONResponse(answer.model_dump())
