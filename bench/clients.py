@@ -1,4 +1,4 @@
-"""Load clients that run in their own process: websocket subscribers and /classify workers.
+"""Load clients that run in their own process: websocket subscribers, /classify workers, batch senders.
 
 Clients in the service's own process would share its GIL and its CPU accounting: JSON parsing in a
 subscriber would show up as publish lateness, and 32 HTTP workers as engine time. So the benchmark
@@ -107,9 +107,33 @@ async def _classify(
     return {"records": records, "cpu_s": cpu, "wall_s": duration}
 
 
+async def _batches(url: str, images_file: str, budget_mflops: float, size: int, duration: float) -> dict[str, Any]:
+    """One ``POST /classify/batch`` of ``size`` images after another for ``duration`` seconds."""
+    import httpx
+
+    paths = [path for path, _ in json.loads(Path(images_file).read_text())]
+    blobs = [(Path(path).name, Path(path).read_bytes()) for path in paths]
+    records: list[list[Any]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
+        print("READY", flush=True)
+        cpu0, end, sent = _cpu_s(), time.monotonic() + duration, 0
+        while time.monotonic() < end:
+            chunk = [blobs[(sent + i) % len(blobs)] for i in range(size)]
+            sent += size
+            files = [("file", (name, data, "image/jpeg")) for name, data in chunk]
+            t0 = time.monotonic()
+            r = await client.post("/classify/batch", params={"budget_mflops": budget_mflops}, files=files)
+            body = r.json() if r.status_code == 200 else {}
+            records.append([r.status_code, (time.monotonic() - t0) * 1000, body.get("avg_mflops")])
+            if r.status_code == 503:
+                await asyncio.sleep(BACKOFF_AFTER_503_S)
+        cpu = _cpu_s() - cpu0
+    return {"records": records, "cpu_s": cpu, "wall_s": duration}
+
+
 def main() -> None:
     kind, params = sys.argv[1], json.loads(sys.argv[2])
-    runner = {"ws": _websockets, "classify": _classify}[kind]
+    runner = {"ws": _websockets, "classify": _classify, "batch": _batches}[kind]
     print(json.dumps(asyncio.run(runner(**params))), flush=True)
 
 
