@@ -1,4 +1,5 @@
-"""The client-side subcommands of ``anytime``: ``classify`` (one image) and ``watch`` (a live camera).
+"""The client-side subcommands of ``anytime``: ``classify`` (images, one by one or as a budgeted batch)
+and ``watch`` (a live camera).
 
 Only the light client package is imported, inside each command, so these work on a machine that has
 neither torch nor the service installed. The server address and token come from ``--url``/``--token``,
@@ -14,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from client.messages import CameraPrediction, ClassifyResponse
+    from client.messages import BatchClassifyResponse, CameraPrediction, ClassifyResponse
 
 __all__ = ["add_commands"]
 
@@ -22,10 +23,17 @@ DEFAULT_URL = "http://127.0.0.1:8000"  # = client.http.DEFAULT_URL, not imported
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    cl = sub.add_parser("classify", help="classify one image on a running service under a deadline")
-    cl.add_argument("image", help="a JPEG, PNG or WebP file")
-    cl.add_argument("--deadline-ms", type=float, default=50.0, help="answer by this deadline (default 50)")
+    cl = sub.add_parser("classify", help="classify images on a running service, under a deadline or a budget")
+    cl.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG, PNG or WebP files")
+    cl.add_argument(
+        "--deadline-ms", type=float, help="answer each image by this deadline (default 50; with a budget 10000)"
+    )
     cl.add_argument("--exit", type=int, help="run exactly to exit K instead of as deep as the deadline allows")
+    cl.add_argument(
+        "--budget-mflops",
+        type=float,
+        help="send the images as one budgeted batch (POST /classify/batch): average multiply-adds per image",
+    )
     _add_connection_args(cl)
     cl.add_argument("--json", action="store_true", help="print the service's JSON answer")
     cl.set_defaults(func=cmd_classify)
@@ -72,18 +80,37 @@ def format_prediction(m: CameraPrediction) -> str:
     return f"{stamp}  frame {seq:>6}  {label:<12}  {conf}  exit {m.exit}/{m.exits_total}  {m.camera_state}"
 
 
+def format_batch(r: BatchClassifyResponse, names: list[str]) -> list[str]:
+    lines = [f"{names[i.index]}\t{i.label}\t{i.confidence:.3f}\texit {i.exit}/{r.exits_total}" for i in r.images]
+    p = "exit 1 for all" if r.p is None else f"thresholds p={r.p:g}"
+    cut = f", {r.cut_by_deadline} cut by the deadline" if r.cut_by_deadline else ""
+    lines.append(
+        f"{len(r.images)} images, {r.avg_mflops:.2f} MFLOPs per image on average (budget {r.budget_mflops:g}, "
+        f"{p}){cut}, {r.elapsed_ms:.0f} ms"
+    )
+    return lines
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from client.errors import AnytimeError
     from client.http import AnytimeClient
 
+    if args.budget_mflops is not None and args.exit is not None:
+        return _fail("classify", ValueError("--exit and --budget-mflops do not go together"), code=2)
     try:
         with AnytimeClient(_url(args), token=_token(args)) as client:
-            result = client.classify(args.image, deadline_ms=args.deadline_ms, exit=args.exit)
+            if args.budget_mflops is not None:
+                batch = client.classify_batch(args.images, args.budget_mflops, deadline_ms=args.deadline_ms or 10000)
+                print(batch.model_dump_json() if args.json else "\n".join(format_batch(batch, args.images)))
+                return 0
+            for image in args.images:
+                result = client.classify(image, deadline_ms=args.deadline_ms or 50.0, exit=args.exit)
+                prefix = f"{image}\t" if len(args.images) > 1 and not args.json else ""
+                print(result.model_dump_json() if args.json else prefix + format_classify(result))
     except AnytimeError as exc:
         return _fail("classify", exc)
-    except OSError as exc:  # the image file: a usage error, like the dispatcher's FileNotFoundError
+    except OSError as exc:  # an image file: a usage error, like the dispatcher's FileNotFoundError
         return _fail("classify", exc, code=2)
-    print(result.model_dump_json() if args.json else format_classify(result))
     return 0
 
 

@@ -15,6 +15,8 @@ from model.weights import DEFAULT_WEIGHTS
 from service.app import create_app
 from service.config import load_settings
 
+from .reliability_helpers import UvicornThread
+
 
 def _jpeg(seed: int) -> bytes:
     img = np.random.default_rng(seed).integers(0, 255, (40, 50, 3), dtype=np.uint8)
@@ -113,8 +115,6 @@ def test_the_python_client_sends_a_batch_to_a_real_server(tiny_classifier, tmp_p
 
     from client import AnytimeClient, AsyncAnytimeClient, BatchClassifyResponse, InvalidParameters
 
-    from .reliability_helpers import UvicornThread
-
     path = tmp_path / "cat.png"
     cv2.imwrite(str(path), np.zeros((32, 32, 3), np.uint8))
     app = create_app(load_settings(), classifier=tiny_classifier)
@@ -130,3 +130,27 @@ def test_the_python_client_sends_a_batch_to_a_real_server(tiny_classifier, tmp_p
                 return await client.classify_batch([path], budget_mflops=1000, deadline_ms=2000)
 
         assert asyncio.run(twin()).deadline_ms == 2000
+
+
+def test_anytime_classify_sends_a_budgeted_batch(
+    tiny_classifier, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``anytime classify A B --budget-mflops X``: one line per image in order, then the totals."""
+    from service.cli import main
+
+    paths = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    cv2.imwrite(str(paths[0]), np.zeros((32, 32, 3), np.uint8))
+    paths[1].write_bytes(_jpeg(1))
+    names = [str(p) for p in paths]
+    app = create_app(load_settings(), classifier=tiny_classifier)
+    with UvicornThread(app) as server:
+        assert main(["classify", *names, "--budget-mflops", "1000", "--url", server.base_url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split("\t")[0] for line in lines[:2]] == names and all("exit 1/5" in line for line in lines[:2])
+        assert lines[2].startswith("2 images, ") and "budget 1000, exit 1 for all" in lines[2]
+        assert main(["classify", *names, "--url", server.base_url]) == 0  # no budget: one request per image
+        lines = capsys.readouterr().out.splitlines()
+        assert [line.split("\t")[0] for line in lines] == names
+        assert main(["classify", names[0], "--budget-mflops", "0.5", "--url", server.base_url]) == 1
+        assert "below exit 1's cost" in capsys.readouterr().err
+        assert main(["classify", names[0], "--budget-mflops", "30", "--exit", "2"]) == 2
