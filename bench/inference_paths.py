@@ -59,13 +59,11 @@ def torchscript(model: Any, example: torch.Tensor) -> Any:
 
 
 def all_exits(model: Any, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One pass through every exit with the stepper, as the service runs it; returns the last logits."""
+
     def run() -> torch.Tensor:
-        stepper = model.stepper(x)
-        out = None
-        while not stepper.finished:
-            out = stepper.advance()
-        assert out is not None
-        return out.logits
+        *_, last = model.iter_exits(x)
+        return last.logits
 
     return run
 

@@ -226,24 +226,21 @@ class CameraReader:
         next_publish = 0.0
         last = self._clock()
         while not self._stop.is_set():
+            # A frame the fps cap would drop anyway is only decoded, not colour-converted.
             if skip is not None and self._unwanted(source, last, next_publish, period):
-                # Decode (a live source must be drained) but skip the colour conversion of a frame
-                # the fps cap would drop anyway.
-                if not skip():
-                    return True
-                now = self._clock()
-                if now - last > self._stall_timeout:
-                    raise SourceError(f"no frame for {now - last:.1f} s")
-                last = now
-                self._record_frame(now)
-                continue
-            image = source.read()
+                image, ended = None, not skip()
+            else:
+                image = source.read()
+                ended = image is None
             now = self._clock()
-            if image is None:
+            if ended:
                 return True
             if now - last > self._stall_timeout:
                 raise SourceError(f"no frame for {now - last:.1f} s")
             last = now
+            if image is None:  # skipped: counted as decoded, never published
+                self._record_frame(now)
+                continue
             _check_image(image)
             seq = self._record_frame(now)
             if period:

@@ -40,6 +40,21 @@ class Overloaded(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+def _completion() -> tuple[asyncio.Future[tuple[Job, Outcome]], Callable[[Job, Outcome], None]]:
+    """A future on the running event loop and the engine-thread callback that resolves it (once)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[Job, Outcome]] = loop.create_future()
+
+    def resolve(job: Job, outcome: Outcome) -> None:
+        if not done.done():
+            done.set_result((job, outcome))
+
+    def on_done(job: Job, outcome: Outcome) -> None:
+        loop.call_soon_threadsafe(resolve, job, outcome)
+
+    return done, on_done
+
+
 class Runtime:
     # Time kept back from a /classify deadline for building and sending the response.
     RESPONSE_MARGIN_S = 0.002
@@ -154,16 +169,7 @@ class Runtime:
         wait = engine.estimated_wait(deadline)
         if wait > deadline_ms / 1000:
             raise Overloaded(f"about {wait * 1000:.0f} ms of queued work is ahead of this request", math.ceil(wait))
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[Job, Outcome]] = loop.create_future()
-
-        def resolve(job: Job, outcome: Outcome) -> None:
-            if not done.done():
-                done.set_result((job, outcome))
-
-        def on_done(job: Job, outcome: Outcome) -> None:
-            loop.call_soon_threadsafe(resolve, job, outcome)
-
+        done, on_done = _completion()
         engine.submit(
             Job(
                 kind=JobKind.CLASSIFY,
@@ -203,7 +209,6 @@ class Runtime:
         waiting = engine.pending(JobKind.BATCH)
         if waiting + len(images) > self.settings.max_batch_images:
             raise Overloaded(f"{waiting} batch images are already waiting", retry_after_s=5.0)
-        loop = asyncio.get_running_loop()
         deadline = received_at + deadline_ms / 1000 - self.RESPONSE_MARGIN_S
 
         def confident(result: ExitResult) -> bool:
@@ -211,12 +216,8 @@ class Runtime:
 
         futures: list[asyncio.Future[tuple[Job, Outcome]]] = []
         for _, image in images:
-            done: asyncio.Future[tuple[Job, Outcome]] = loop.create_future()
+            done, on_done = _completion()
             futures.append(done)
-
-            def on_done(job: Job, outcome: Outcome, done: asyncio.Future = done) -> None:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result((job, outcome)))
-
             engine.submit(
                 Job(
                     kind=JobKind.BATCH,

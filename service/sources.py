@@ -206,62 +206,51 @@ class OpenCVSource:
         self._cap = cap
 
     def read(self) -> np.ndarray | None:
-        if self._cap is None:
-            raise SourceError(f"{self._describe()} is not open")
-        if self._pacer is not None:
-            self._pacer.wait()
-        ok, frame = self._read_once()
-        if not ok and self._is_file:
-            if not self.loop:
-                return None
-            ok, frame = self._rewind()
-        if not ok or frame is None:
+        ok, frame = self._next(convert=True)
+        if not ok:
+            return None
+        if frame is None:
             raise SourceError(f"no frame from {self._describe()} (disconnected or end of stream)")
         return _as_bgr(frame)
 
     def skip(self) -> bool:
         """Past the next frame without its colour conversion (``grab`` without ``retrieve``): about a
         quarter of a frame's cost at 640x360 and more at higher resolutions. False: a non-looping file ended."""
+        ok, _ = self._next(convert=False)
+        return ok
+
+    def _next(self, convert: bool) -> tuple[bool, np.ndarray | None]:
+        """Paced, looping access to the next frame, converted to an image or only grabbed;
+        ``(False, None)`` when a non-looping file ended."""
         if self._cap is None:
             raise SourceError(f"{self._describe()} is not open")
         if self._pacer is not None:
             self._pacer.wait()
-        if self._grab():
-            return True
-        if self._is_file:
+        ok, frame = self._once(convert)
+        if not ok and self._is_file:
             if not self.loop:
-                return False
-            if self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and self._grab():
-                return True
-            self.open()
-            if self._grab():
-                return True
-            raise SourceError(f"{self._describe()} has no frames")
-        raise SourceError(f"no frame from {self._describe()} (disconnected or end of stream)")
+                return False, None
+            ok, frame = self._rewind(convert)
+        if not ok:
+            raise SourceError(f"no frame from {self._describe()} (disconnected or end of stream)")
+        return True, frame
 
-    def _grab(self) -> bool:
+    def _once(self, convert: bool) -> tuple[bool, np.ndarray | None]:
         assert self._cap is not None
         try:
-            return bool(self._cap.grab())
+            return self._cap.read() if convert else (bool(self._cap.grab()), None)
         except cv2.error as exc:
             raise SourceError(f"decoding failed on {self._describe()}: {exc}") from exc
 
-    def _read_once(self) -> tuple[bool, np.ndarray | None]:
-        assert self._cap is not None
-        try:
-            return self._cap.read()
-        except cv2.error as exc:
-            raise SourceError(f"decoding failed on {self._describe()}: {exc}") from exc
-
-    def _rewind(self) -> tuple[bool, np.ndarray | None]:
+    def _rewind(self, convert: bool) -> tuple[bool, np.ndarray | None]:
         """Back to frame 0 of a looping file; reopen when the container cannot seek."""
         assert self._cap is not None
         if self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
-            ok, frame = self._read_once()
+            ok, frame = self._once(convert)
             if ok:
                 return ok, frame
         self.open()
-        ok, frame = self._read_once()
+        ok, frame = self._once(convert)
         if not ok:
             raise SourceError(f"{self._describe()} has no frames")
         return ok, frame

@@ -15,16 +15,11 @@ from model.weights import DEFAULT_WEIGHTS
 from service.app import create_app
 from service.config import load_settings
 
-from .reliability_helpers import UvicornThread
-
-
-def _jpeg(seed: int) -> bytes:
-    img = np.random.default_rng(seed).integers(0, 255, (40, 50, 3), dtype=np.uint8)
-    return cv2.imencode(".jpg", img)[1].tobytes()
+from .reliability_helpers import UvicornThread, random_jpeg
 
 
 def _files(n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("file", (f"img{i}.jpg", _jpeg(i), "image/jpeg")) for i in range(n)]
+    return [("file", (f"img{i}.jpg", random_jpeg(seed=i), "image/jpeg")) for i in range(n)]
 
 
 @pytest.fixture
@@ -55,7 +50,7 @@ def test_a_batch_is_answered_image_by_image_in_upload_order(client: TestClient) 
         ("", _files(2), 422, "budget_mflops"),
         ("budget_mflops=50&deadline_ms=0", _files(2), 422, "deadline_ms"),
         ("budget_mflops=50", _files(5), 413, "more than 4 files"),
-        ("budget_mflops=50", [("other", ("a.jpg", _jpeg(0), "image/jpeg"))], 400, "no 'file' parts"),
+        ("budget_mflops=50", [("other", ("a.jpg", random_jpeg(seed=0), "image/jpeg"))], 400, "no 'file' parts"),
         ("budget_mflops=50", [*_files(1), ("file", ("notes.txt", b"hello", "text/plain"))], 415, "file 1 (notes.txt)"),
         ("budget_mflops=50", [("file", ("broken.jpg", b"\xff\xd8\xffjunk", "image/jpeg"))], 400, "file 0 (broken.jpg)"),
     ],
@@ -68,7 +63,9 @@ def test_bad_batches_get_clear_errors(client: TestClient, query, files, status, 
 
 
 def test_a_raw_image_body_is_refused_with_the_right_media_type(client: TestClient) -> None:
-    r = client.post("/classify/batch?budget_mflops=50", content=_jpeg(0), headers={"content-type": "image/jpeg"})
+    r = client.post(
+        "/classify/batch?budget_mflops=50", content=random_jpeg(seed=0), headers={"content-type": "image/jpeg"}
+    )
     assert r.status_code == 415 and "multipart/form-data" in r.json()["detail"]
 
 
@@ -119,7 +116,7 @@ def test_the_python_client_sends_a_batch_to_a_real_server(tiny_classifier, tmp_p
     cv2.imwrite(str(path), np.zeros((32, 32, 3), np.uint8))
     app = create_app(load_settings(), classifier=tiny_classifier)
     with UvicornThread(app) as server, AnytimeClient(server.base_url) as api:
-        answer = api.classify_batch([_jpeg(0), path], budget_mflops=1000)
+        answer = api.classify_batch([random_jpeg(seed=0), path], budget_mflops=1000)
         assert isinstance(answer, BatchClassifyResponse)
         assert [i.filename for i in answer.images] == ["image0", "cat.png"]
         with pytest.raises(InvalidParameters, match="below exit 1's cost"):
@@ -140,7 +137,7 @@ def test_anytime_classify_sends_a_budgeted_batch(
 
     paths = [tmp_path / "a.png", tmp_path / "b.jpg"]
     cv2.imwrite(str(paths[0]), np.zeros((32, 32, 3), np.uint8))
-    paths[1].write_bytes(_jpeg(1))
+    paths[1].write_bytes(random_jpeg(seed=1))
     names = [str(p) for p in paths]
     app = create_app(load_settings(), classifier=tiny_classifier)
     with UvicornThread(app) as server:

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from model.batch import BudgetTooSmallError
-from service.api.classify import read_capped
 from service.api.deps import RuntimeDep, require_token
+from service.api.uploads import is_multipart, overloaded_response, parse_form, part_type, read_capped
 from service.images import ImageRejected, check_image, decode_checked
 from service.messages import BatchClassifyResponse, ErrorResponse
 from service.runtime import Overloaded
@@ -39,14 +39,10 @@ async def _decoded_files(request: Request, runtime: RuntimeDep) -> list[tuple[st
     """Every ``file`` part, checked and decoded (off the event loop), in upload order."""
     settings = runtime.settings
     body = await read_capped(request, settings.max_upload_bytes)
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+    if not is_multipart(request):
         raise ImageRejected(415, "send the images as multipart/form-data, one 'file' part each")
-
-    async def replay() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
     limit = settings.max_batch_images
-    form = await Request(request.scope, replay).form(max_files=limit + 1, max_fields=limit + 8)
+    form = await parse_form(request, body, max_files=limit + 1)
     uploads = [part for part in form.getlist("file") if not isinstance(part, str)]
     if not uploads:
         raise ImageRejected(400, "multipart body has no 'file' parts with images")
@@ -55,10 +51,8 @@ async def _decoded_files(request: Request, runtime: RuntimeDep) -> list[tuple[st
     out = []
     for index, upload in enumerate(uploads):
         data = await upload.read()
-        part_type = (upload.content_type or "").split(";")[0].strip().lower()
         try:
-            declared = None if part_type == "application/octet-stream" else upload.content_type
-            actual_type, _, _ = check_image(data, declared, settings.max_image_pixels)
+            actual_type, _, _ = check_image(data, part_type(upload), settings.max_image_pixels)
             image = await asyncio.to_thread(decode_checked, data, actual_type)
         except ImageRejected as exc:
             raise ImageRejected(exc.status, f"file {index} ({upload.filename}): {exc.detail}") from exc
@@ -109,11 +103,7 @@ async def classify_batch(
         return JSONResponse({"detail": str(exc)}, status_code=422)
     except Overloaded as exc:
         status = 503
-        return JSONResponse(
-            {"detail": f"over capacity: {exc}"},
-            status_code=503,
-            headers={"Retry-After": str(max(1, int(exc.retry_after_s)))},
-        )
+        return overloaded_response(exc)
     finally:
         if runtime.metrics is not None:
             runtime.metrics.batch_requests.inc(code=str(status))

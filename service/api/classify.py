@@ -9,11 +9,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 
 from service.api.deps import RuntimeDep, require_token
+from service.api.uploads import is_multipart, overloaded_response, parse_form, part_type, read_capped
 from service.images import ImageRejected, check_image, decode_checked
 from service.messages import ClassifyResponse, ErrorResponse
 from service.runtime import Overloaded
 
-__all__ = ["read_capped", "router"]
+__all__ = ["router"]
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_token)])
 
@@ -31,36 +32,14 @@ _ERRORS = {
 }
 
 
-async def read_capped(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise ImageRejected(413, f"body of {int(declared)} bytes is over the {cap}-byte cap")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise ImageRejected(413, f"body is over the {cap}-byte cap")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _image_bytes(request: Request, cap: int) -> tuple[bytes, str | None]:
     body = await read_capped(request, cap)
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        return body, content_type or None
-
-    async def replay() -> dict:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
-    upload = form.get("file")
+    if not is_multipart(request):
+        return body, request.headers.get("content-type") or None
+    upload = (await parse_form(request, body, max_files=1)).get("file")
     if upload is None or isinstance(upload, str):
         raise ImageRejected(400, "multipart body has no 'file' field with an image")
-    # Browsers and curl label a part by its file name's extension and fall back to
-    # application/octet-stream; the bytes themselves then decide (check_image sniffs them).
-    part_type = (upload.content_type or "").split(";")[0].strip().lower()
-    return await upload.read(), None if part_type == "application/octet-stream" else upload.content_type
+    return await upload.read(), part_type(upload)
 
 
 @router.post(
@@ -109,11 +88,7 @@ async def classify(
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
     except Overloaded as exc:
         status = 503
-        return JSONResponse(
-            {"detail": f"over capacity: {exc}"},
-            status_code=503,
-            headers={"Retry-After": str(max(1, int(exc.retry_after_s)))},
-        )
+        return overloaded_response(exc)
     except HTTPException as exc:
         status = exc.status_code
         raise
