@@ -35,6 +35,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--exit-weights", default="", help="comma-separated loss weight per exit (default uniform)")
     tr.add_argument("--distill", type=float, default=0.0, help="weight of last-exit distillation, 0 to 1")
     tr.add_argument("--distill-temperature", type=float, default=3.0)
+    tr.add_argument("--cutout", type=int, default=0, metavar="SIZE", help="Cutout: hide a random SIZE x SIZE square")
     tr.add_argument("--no-bf16", action="store_true", help="train in float32 (bfloat16 autocast is the default)")
     tr.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when present)")
     tr.add_argument(
@@ -124,6 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         exit_weights=tuple(float(w) for w in args.exit_weights.split(",") if w),
         distill=args.distill,
         distill_temperature=args.distill_temperature,
+        cutout=args.cutout,
         bf16=not args.no_bf16,
         device=args.device,
         compile=args.compile,

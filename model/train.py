@@ -9,7 +9,8 @@ The same loop trains the static baselines (``--preset resnet20`` ...; ``model/re
 same recipe, for the anytime-against-static benchmark.
 
 Beyond the paper's recipe, ``--distill ALPHA`` distils the last exit into the earlier ones
-(IMTA, Li et al. 2019): exit k < K learns from (1-ALPHA) * CE + ALPHA * T^2 * KL(last || k).
+(IMTA, Li et al. 2019): exit k < K learns from (1-ALPHA) * CE + ALPHA * T^2 * KL(last || k); and
+``--cutout SIZE`` hides a random square of every training image (DeVries & Taylor 2017).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from model.budget import fit_curve
 from model.config import get_config
-from model.data import ImageSet, augment_batch, channel_stats, iterate_batches, load_split, normalize
+from model.data import ImageSet, augment_batch, channel_stats, cutout_mask, iterate_batches, load_split, normalize
 from model.evaluate import exit_probabilities
 from model.msdnet import MSDNet
 from model.resnet import RESNET_DEPTHS, CifarResNet, StaticCard, save_static
@@ -52,6 +53,7 @@ class TrainOptions:
     exit_weights: tuple[float, ...] = ()  # empty: uniform, as in the paper
     distill: float = 0.0
     distill_temperature: float = 3.0
+    cutout: int = 0  # >0: Cutout with a square of this side (16 is the original's for CIFAR-10)
     bf16: bool = True
     device: str = "cpu"  # "cpu", "cuda", "cuda:1" or "auto" (CUDA when present)
     compile: bool = False  # torch.compile the training step's forward (and so its backward)
@@ -253,10 +255,14 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             for group in optim.param_groups:
                 group["lr"] = lr
             images = augment_batch(images, gen)
+            mask = cutout_mask(len(images), *images.shape[2:], opts.cutout, gen) if opts.cutout else None
             if device.type == "cuda":  # pinned: the copy overlaps the GPU's work instead of draining it
                 images, labels = images.pin_memory(), labels.pin_memory()
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            x = normalize(images, mean, std).contiguous(memory_format=torch.channels_last)
+            x = normalize(images, mean, std)
+            if mask is not None:
+                x = x * mask.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts.bf16):
                 logits = forward(x)
             loss = joint_loss(logits, labels, opts)

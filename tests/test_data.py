@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.data import augment_batch, load_split, train_val_indices
+from model.data import augment_batch, cutout_mask, load_split, train_val_indices
 
 
 def test_validation_split_is_seeded_and_disjoint() -> None:
@@ -57,3 +57,16 @@ def test_augmentation_crops_and_flips_whole_batches() -> None:
     crops = augment_batch(ones, gen)
     zero_rows = (crops == 0).flatten(1).any(1)
     assert zero_rows.any() and not zero_rows.all()  # some crops reach into the padding, not all
+
+
+def test_cutout_hides_one_square_per_image_clipped_at_the_border() -> None:
+    mask = cutout_mask(500, 32, 32, 16, torch.Generator().manual_seed(0))
+    assert mask.shape == (500, 1, 32, 32) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    hidden = (mask == 0).flatten(1).sum(1)
+    assert hidden.max() == 16 * 16  # a square wholly inside the image
+    assert hidden.min() < 16 * 16 and hidden.min() > 0  # some reach past a border and are clipped
+    for m in mask[:20, 0]:  # the zeros form one axis-aligned rectangle
+        rows, cols = (m == 0).nonzero(as_tuple=True)
+        assert len(rows) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    again = cutout_mask(500, 32, 32, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(mask, again)  # seeded: a resumed run draws the same holes

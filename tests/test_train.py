@@ -49,6 +49,13 @@ def test_short_run_lowers_the_loss_and_resumes(cifar10_python: Path, tmp_path: P
     assert card.classes == ["airplane", "automobile", "bird"]
 
 
+def test_cutout_trains_and_is_recorded_on_the_card(cifar10_python: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cutout"
+    train(_opts(cifar10_python, out, epochs=1, cutout=8, limit=64))
+    _model, card = load_model(out / "model.safetensors")
+    assert card.training["options"]["cutout"] == 8 and card.training["epochs_done"] == 1
+
+
 def test_distillation_changes_only_the_early_exits() -> None:
     torch.manual_seed(0)
     logits = [torch.randn(8, 5, requires_grad=True) for _ in range(3)]
