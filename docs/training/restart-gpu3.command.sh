@@ -9,6 +9,15 @@
 #   docs/training/restart-gpu3.command.sh DATA INIT_WEIGHTS OUTROOT BUDGET_SECONDS
 # Environment: PYTHON (default python3), DEVICE (default cuda), EXTRA (more `train` flags, e.g. a smoke
 # run's `--limit 256 --val-size 100`).
+#
+# Ran as: DATA=/tmp/data/train (the tarred ../shared folder), INIT_WEIGHTS=model/weights/msdnet-cifar10.safetensors,
+# OUTROOT=$OUT/r3, BUDGET_SECONDS=400; then the checkpoints were deleted. The device tool returns at most
+# 8 files per command and this left 10, so the Cutout run's model and card did not come back (logs and
+# metrics did: restart-gpu3.cutout*.{log,metrics.jsonl}). The Cutout arm was rerun alone in the time left:
+#   python3 -m service.cli train --preset msdnet-cifar-anytime --data /tmp/data/train --out $OUT/c16 \
+#     --init-from model/weights/msdnet-cifar10.safetensors --schedule cosine --batch-size 512 --lr 0.4 \
+#     --weight-decay 5e-4 --cutout 16 --epochs 55 --time-budget 275 --device cuda --no-bf16 --threads 12
+# (restart-gpu3.cutout16-alone.*). Results: docs/model.md, "Cutout against plain augmentation".
 set -u
 cd "$(dirname "$0")/../.."  # the repository root
 data=$1 init=$2 root=$3 budget=$4
