@@ -32,6 +32,7 @@ from model.budget import fit_curve
 from model.config import get_config
 from model.data import ImageSet, augment_batch, channel_stats, cutout_mask, iterate_batches, load_split, normalize
 from model.evaluate import exit_probabilities
+from model.lineage import device_name, extend_lineage, run_summary
 from model.msdnet import MSDNet
 from model.resnet import RESNET_DEPTHS, CifarResNet, StaticCard, save_static
 from model.weights import ExitInfo, ThresholdSet, new_card, save_model
@@ -170,7 +171,7 @@ def _load_checkpoint(out: Path, model: torch.nn.Module, optim: torch.optim.Optim
     return json.loads((out / "checkpoint.json").read_text())
 
 
-def _init_from(model: MSDNet, weights: str, preset: str, classes: list[str]) -> None:
+def _init_from(model: MSDNet, weights: str, preset: str, classes: list[str]) -> dict:
     """Start from trained weights: a second cosine cycle on a converged model (SGDR-style warm restart)
     buys accuracy without throwing away the CPU hours already spent."""
     from model.weights import load_model
@@ -184,6 +185,7 @@ def _init_from(model: MSDNet, weights: str, preset: str, classes: list[str]) -> 
     model.load_state_dict(source.state_dict())
     done = card.training.get("epochs_done")
     print(json.dumps({"initialised_from": str(weights), "epochs_done_there": done}), flush=True)
+    return card.training
 
 
 def build_model(preset: str, num_classes: int) -> MSDNet | CifarResNet:
@@ -218,10 +220,11 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         train_set = train_set.subset(pick[: opts.limit].sort().values)
     mean, std = channel_stats(train_set.images)
     model = build_model(opts.preset, len(train_set.classes))
+    inherited: dict | None = None  # the starting weights' training record, carried into every export
     if opts.init_from:
         if not isinstance(model, MSDNet):
             raise ValueError("--init-from takes MSDNet weights; static baselines start from scratch")
-        _init_from(model, opts.init_from, opts.preset, train_set.classes)
+        inherited = _init_from(model, opts.init_from, opts.preset, train_set.classes)
     model = model.to(device, memory_format=torch.channels_last)
     optim = torch.optim.SGD(
         model.parameters(), lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, nesterov=True
@@ -297,7 +300,10 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
         if isinstance(host_model, CifarResNet):
             _export_static(out, host_model, opts, train_set.classes, mean, std, val_acc[0], epoch, total_seconds)
         else:
-            _export(out, host_model, opts, train_set, val_set, mean, std, probs, val_acc, epoch, total_seconds)
+            trained = {"epochs_done": epoch, "train_seconds": round(total_seconds, 1), "options": asdict(opts)}
+            if inherited is not None:
+                trained |= extend_lineage(inherited, run_summary(trained, device_name(device)))
+            _export(out, host_model, opts, train_set, val_set, mean, std, probs, val_acc, trained)
         model.train()
         state = {
             "epoch": epoch,
@@ -320,8 +326,7 @@ def _export(
     std: tuple,
     probs: Tensor,
     val_acc: list[float],
-    epoch: int,
-    seconds: float,
+    trained: dict,
 ) -> None:
     card = new_card(opts.preset, model, train_set.classes, mean, std)
     curve = fit_curve(probs, val_set.labels, card.exit_mflops)
@@ -338,11 +343,8 @@ def _export(
                 for pt in curve
             ],
             "validation": {"size": len(val_set), "seed": 0, "source": "held out from the training split"},
-            "training": {
-                "epochs_done": epoch,
-                "train_seconds": round(seconds, 1),  # wall time of the epochs, validation included
-                "options": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")},
-            },
+            # train_seconds: wall time of the epochs, validation included
+            "training": {**trained, "options": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")}},
         }
     )
     model.eval()

@@ -104,3 +104,16 @@ def test_time_budget_ends_the_run_and_is_recorded(cifar10_python: Path, tmp_path
     assert len(state["epoch_seconds"]) == 1 and state["train_seconds"] >= 0
     train(_opts(cifar10_python, out, epochs=50, time_budget_s=0.01), resume=True)
     assert [r["epoch"] for r in _records(out)] == [1]  # nothing left of the budget
+
+
+def test_a_warm_restart_carries_the_training_history_forward(cifar10_python: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(_opts(cifar10_python, first, epochs=1, limit=64))
+    train(_opts(cifar10_python, second, epochs=2, limit=64, init_from=str(first / "model.safetensors")))
+    _model, card = load_model(second / "model.safetensors")
+    runs = card.training["history"]
+    assert [r["epochs"] for r in runs] == [1, 2] and runs[1]["init_from"] == str(first / "model.safetensors")
+    assert card.training["epochs_total"] == 3 and card.training["epochs_done"] == 2
+    assert card.training["train_seconds_by_device"]["cpu"] == pytest.approx(
+        sum(r["train_seconds"] for r in runs), abs=0.2
+    )
