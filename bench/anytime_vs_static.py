@@ -45,6 +45,7 @@ from bench.common import (
     publish,
     pyplot,
     quick_label,
+    save_figure,
     use_service_threads,
 )
 from bench.contention import competing_processes
@@ -216,9 +217,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     axes[1].set_title("zoomed", fontsize=9)
     title = textwrap.fill(data["command"], 140) + (f"\n{quick_label(data)}" if data["quick"] else "")
     fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plotted_accuracies(data: dict[str, Any]) -> list[float]:

@@ -30,6 +30,7 @@ from bench.common import (
     publish,
     pyplot,
     quick_label,
+    save_figure,
     spread,
     use_service_threads,
 )
@@ -122,9 +123,7 @@ def plot(data: dict[str, Any], path: Any) -> None:
     right.set(ylabel="publish lateness p99 (ms)", title="tick lateness")
     if data["quick"]:
         fig.suptitle(quick_label(data), fontsize=8, color="red")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

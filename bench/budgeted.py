@@ -26,11 +26,12 @@ import torch
 from bench.common import (
     SHARED,
     add_arguments,
+    figure_caption,
     provenance,
     provenance_markdown,
     publish,
     pyplot,
-    quick_label,
+    save_figure,
 )
 
 NAME = "budgeted"
@@ -198,10 +199,7 @@ def plot(data: dict[str, Any], path: Path) -> None:
     )
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, figure_caption(data))
 
 
 def main() -> None:

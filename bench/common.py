@@ -224,6 +224,20 @@ def pyplot() -> Any:
     return plt
 
 
+def figure_caption(data: dict[str, Any]) -> str:
+    """The small title a plot carries: the command that made it, and the quick-mode warning."""
+    return data["command"] + (f"\n{quick_label(data)}" if data["quick"] else "")
+
+
+def save_figure(fig: Any, path: Path, caption: str | None = None) -> None:
+    """Lay a figure out, write it and free it (pyplot keeps every open figure alive otherwise)."""
+    if caption is not None:
+        fig.suptitle(caption, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot().close(fig)
+
+
 def _markers(name: str) -> tuple[str, str]:
     return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
 

@@ -31,6 +31,7 @@ from bench.common import (
     publish,
     pyplot,
     quick_label,
+    save_figure,
     use_service_threads,
 )
 
@@ -176,9 +177,7 @@ def plot(data: dict[str, Any], path: Any) -> None:
     if data["quick"]:
         ax.set_title(quick_label(data), fontsize=8, color="red", loc="left")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:

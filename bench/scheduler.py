@@ -22,12 +22,13 @@ from bench.common import (
     ServerThread,
     add_arguments,
     cpu_seconds,
+    figure_caption,
     percentile,
     provenance,
     provenance_markdown,
     publish,
     pyplot,
-    quick_label,
+    save_figure,
     spread,
     use_service_threads,
 )
@@ -208,10 +209,7 @@ def plot(data: dict[str, Any], path: Any) -> None:
         ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, figure_caption(data))
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.common import provenance_markdown, pyplot, quick_label
+from bench.common import figure_caption, provenance_markdown, pyplot, save_figure
 
 NAME = "soak"
 
@@ -88,7 +88,4 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax.set(xlabel="seconds after warm-up", ylabel="RSS (MiB)", ylim=(min(rss) * 0.97, limit * 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(data["command"] + (f"\n{quick_label(data)}" if data["quick"] else ""), fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path, figure_caption(data))

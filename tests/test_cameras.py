@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.cameras import CameraManager, CameraReader, LatestFrameMailbox, backoff_delay
+from service.cameras import CameraManager, CameraReader, LatestFrameMailbox, SourceFactory, backoff_delay
 from service.config import CameraConfig
 from service.frames import CameraState, Frame
 from service.sources import SourceError, make_source
@@ -217,22 +217,35 @@ def test_stalled_camera_is_reported_down_and_reconnected(readers: list[CameraRea
     assert "no frame for" in (reader.status().last_error or "")
 
 
-def test_fps_cap_publishes_fewer_frames_than_decoded(readers: list[CameraReader]) -> None:
-    published: list[int] = []
+class CountingMailbox(LatestFrameMailbox):
+    """Records the sequence number of every frame the reader publishes."""
 
-    class CountingMailbox(LatestFrameMailbox):
-        def put(self, frame: Frame) -> None:
-            published.append(frame.seq)
-            super().put(frame)
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[int] = []
 
-    reader = CameraReader(camera(fps=20), Script(FOREVER, period=0.002).factory)
-    reader.mailbox = CountingMailbox()
+    def put(self, frame: Frame) -> None:
+        self.published.append(frame.seq)
+        super().put(frame)
+
+
+def run_capped_reader(factory: SourceFactory, readers: list[CameraReader]) -> tuple[CameraReader, list[int], float]:
+    """Run a reader capped at 20 fps until it has decoded 100 frames, then stop it; returns the
+    reader, the sequence numbers it published and the seconds it ran."""
+    reader = CameraReader(camera(fps=20), factory)
+    mailbox = CountingMailbox()
+    reader.mailbox = mailbox
     start = time.monotonic()
     reader.start()
     readers.append(reader)
     assert wait_until(lambda: reader.status().frames >= 100)
     reader.stop()
-    elapsed, decoded = time.monotonic() - start, reader.status().frames
+    return reader, mailbox.published, time.monotonic() - start
+
+
+def test_fps_cap_publishes_fewer_frames_than_decoded(readers: list[CameraReader]) -> None:
+    reader, published, elapsed = run_capped_reader(Script(FOREVER, period=0.002).factory, readers)
+    decoded = reader.status().frames
     assert 1 <= len(published) <= elapsed * 20 + 2
     assert decoded > len(published)
 
@@ -263,21 +276,8 @@ def test_fps_cap_skips_the_frames_it_would_not_publish(readers: list[CameraReade
         sources.append(SkippingSource(Script(FOREVER, period=0.002)))
         return sources[-1]
 
-    published: list[int] = []
-
-    class CountingMailbox(LatestFrameMailbox):
-        def put(self, frame: Frame) -> None:
-            published.append(frame.seq)
-            super().put(frame)
-
-    reader = CameraReader(camera(fps=20), factory)
-    reader.mailbox = CountingMailbox()
-    start = time.monotonic()
-    reader.start()
-    readers.append(reader)
-    assert wait_until(lambda: reader.status().frames >= 100)
-    reader.stop()
-    elapsed, (source,) = time.monotonic() - start, sources
+    reader, published, elapsed = run_capped_reader(factory, readers)
+    (source,) = sources
     assert reader.status().frames == source.reads + source.skips
     assert source.skips > source.reads >= len(published) >= 1
     assert len(published) <= elapsed * 20 + 2
