@@ -67,6 +67,8 @@ SECTIONS = (
     "overheads",
     "budgeted",
     "soak",
+    "inference_paths",
+    "exit_times",
 )
 
 

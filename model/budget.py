@@ -117,7 +117,7 @@ def classify_early_exit(model: MSDNet, images: Tensor, thresholds: tuple[float, 
     while not stepper.finished and stepper.batch_size > 0:
         out = stepper.advance()
         assert out is not None
-        conf, pred = torch.softmax(out.logits.float(), dim=1).max(dim=1)
+        conf, pred = torch.softmax(out.logits.float(), dim=1).cpu().max(dim=1)  # bookkeeping on the CPU
         last = out.exit == stepper.num_exits
         leaving = torch.ones_like(conf, dtype=torch.bool) if last else conf >= thresholds[out.exit - 1]
         ids = out.sample_ids[leaving]

@@ -163,7 +163,10 @@ class AnytimeStepper:
         return ExitOutput(exit=self._block, logits=logits, sample_ids=self.sample_ids)
 
     def keep(self, rows: Tensor) -> None:
-        """Continue with only these rows of the current batch (positions, not sample ids)."""
+        """Continue with only these rows of the current batch (positions, not sample ids).
+
+        ``rows`` may live on any device: the feature maps are on the model's (a GPU, say) while
+        ``sample_ids`` stay on the CPU, and callers build row lists from CPU-side bookkeeping."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        self._features = [f.index_select(0, rows) for f in self._features]
-        self.sample_ids = self.sample_ids.index_select(0, rows)
+        self._features = [f.index_select(0, rows.to(f.device)) for f in self._features]
+        self.sample_ids = self.sample_ids.index_select(0, rows.to(self.sample_ids.device))

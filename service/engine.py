@@ -340,15 +340,29 @@ class Engine:
             return True
         return self.clock() >= job.deadline
 
+    def _release_batch(self, job: Job) -> None:
+        """Take ``job``'s rows out of its batch (freeing its feature maps now). Never raises: this
+        runs on the error path too, and an exception here would kill the engine thread. If the rows
+        cannot be dropped, the batch's state is unknown, so the jobs still sharing it fail as well."""
+        batch, job.batch = job.batch, None
+        if batch is None:
+            return
+        try:
+            batch.drop(job)
+        except Exception:
+            log.exception("could not take a finished job out of its batch; failing the jobs that shared it")
+            partners, batch.jobs = [j for j in batch.jobs if j is not job], []
+            for partner in partners:
+                partner.batch = None
+                self._finish(partner, Outcome.ERROR)
+
     def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._cond:
             if job in self._jobs:
                 self._jobs.remove(job)
             if self._current_tick is job:
                 self._current_tick = None
-        if job.batch is not None:
-            job.batch.drop(job)
-            job.batch = None  # free its feature maps now
+        self._release_batch(job)
         try:
             job.on_done(job, outcome)
         except Exception:

@@ -270,6 +270,36 @@ def test_a_request_leaves_its_batch_at_its_deadline_and_the_rest_go_deeper(tiny_
     assert [e[1] for e in alone[:5]] == pytest.approx([e[1] for e in late_log[:5]], abs=1e-5)
 
 
+def test_a_batch_that_cannot_drop_a_leaving_request_fails_its_partners_not_the_engine(
+    tiny_classifier, fake_clock, monkeypatch
+) -> None:
+    """Taking a request's rows out of a shared batch runs on the error path too; if it raised, the
+    engine thread would die (a GPU once made it raise). The partners fail instead, and the engine
+    goes on serving."""
+    from model.msdnet import AnytimeStepper
+
+    def broken_keep(self, rows) -> None:
+        raise RuntimeError("rows on the wrong device")
+
+    engine = Engine(tiny_classifier, latency=_latency(0.010, sizes=(1, 2)), clock=fake_clock)
+    early_log: list = []
+    late_log: list = []
+    early = engine.submit(_distinct_request(fake_clock() + 0.015, 0, early_log))
+    engine.submit(_distinct_request(fake_clock() + 1.0, 1, late_log))
+    engine._step(engine._next_job())  # exit 1 for both, as one batch of 2
+    fake_clock.advance(0.010)
+    with monkeypatch.context() as patch:
+        patch.setattr(AnytimeStepper, "keep", broken_keep)
+        engine._step(engine._next_job())  # early leaves at its deadline; dropping its rows fails
+    assert early_log[-1] == ("done", Outcome.DEADLINE) and early.batch is None
+    assert late_log[-1] == ("done", Outcome.ERROR) and engine.pending() == 0
+    after: list = []
+    job = engine.submit(_distinct_request(fake_clock() + 10, 2, after, max_exits=2))
+    while engine.pending():
+        engine._step(job)
+    assert after[-1] == ("done", Outcome.COMPLETE)
+
+
 def test_waiting_requests_are_counted_as_the_batch_they_will_share(tiny_classifier, fake_clock) -> None:
     latency = _latency(0.001, sizes=(1,))
     latency.record(0, 4, 0.002)  # a batch of 4 costs twice one image, not four times
