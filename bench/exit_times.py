@@ -95,7 +95,8 @@ def plot(data: dict[str, Any], path: Any) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for row in data["timings"]:
         ax.plot(range(1, len(row["ms_to_exit"]) + 1), row["ms_to_exit"], marker="o", label=f"batch {row['batch']}")
-    ax.set(xlabel="exit", ylabel="ms from the start of the batch", title=f"time to each exit, {data['device_name']}")
+    ax.set(xlabel="exit", ylabel="ms from the start of the batch (log scale)", yscale="log")
+    ax.set_title(f"time to each exit, {data['device_name']}")
     ax.legend()
     save_figure(fig, path, figure_caption(data))
 
