@@ -298,6 +298,8 @@ class Engine:
             member.latest = rows
             member.on_exit(member, rows)
         for member in list(batch.jobs):
+            if member.batch is not batch:
+                continue  # already finished: its batch failed under an earlier member (_release_batch)
             if member.exits_done >= self._limit(member) or (
                 member.stop_when is not None and member.stop_when(member.latest[0])
             ):

@@ -300,6 +300,26 @@ def test_a_batch_that_cannot_drop_a_leaving_request_fails_its_partners_not_the_e
     assert after[-1] == ("done", Outcome.COMPLETE)
 
 
+def test_a_failed_batch_answers_each_of_its_requests_once(tiny_classifier, fake_clock, monkeypatch) -> None:
+    """Three requests complete at the same exit; dropping the first fails the batch, so the others
+    have already had their answer (an error) and must not be completed a second time."""
+    from model.msdnet import AnytimeStepper
+
+    def broken_keep(self, rows) -> None:
+        raise RuntimeError("rows on the wrong device")
+
+    engine = Engine(tiny_classifier, latency=_latency(0.001, sizes=(1, 2, 3)), clock=fake_clock)
+    logs: list[list] = [[], [], []]
+    first = engine.submit(_distinct_request(fake_clock() + 10, 0, logs[0], max_exits=1))
+    engine.submit(_distinct_request(fake_clock() + 10, 1, logs[1], max_exits=1))
+    engine.submit(_distinct_request(fake_clock() + 10, 2, logs[2], max_exits=1))
+    monkeypatch.setattr(AnytimeStepper, "keep", broken_keep)
+    engine._step(first)  # exit 1 for all three as one batch, where all three are done
+    done = [[entry[1] for entry in log if entry[0] == "done"] for log in logs]
+    assert done == [[Outcome.COMPLETE], [Outcome.ERROR], [Outcome.ERROR]]
+    assert engine.pending() == 0
+
+
 def test_waiting_requests_are_counted_as_the_batch_they_will_share(tiny_classifier, fake_clock) -> None:
     latency = _latency(0.001, sizes=(1,))
     latency.record(0, 4, 0.002)  # a batch of 4 costs twice one image, not four times
