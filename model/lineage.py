@@ -9,9 +9,11 @@ source card's runs forward and appends its own: ``history`` (one entry per run, 
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-__all__ = ["device_name", "extend_lineage", "run_summary"]
+__all__ = ["device_key", "device_name", "extend_lineage", "run_summary"]
 
 _RUN_KEYS = ("epochs", "lr", "batch_size", "schedule", "weight_decay", "cutout", "distill", "init_from")
 
@@ -21,6 +23,17 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return device.type
+
+
+_GPU_MODEL = re.compile(r"\b([A-Z]{1,2}\d{1,4}[A-Z]?)\b")  # H100, A100, H200, L40S, T4
+
+
+def device_key(name: str) -> str:
+    """The key a device's training seconds add up under in ``train_seconds_by_device``: the GPU
+    model ("h100") whatever the driver's full name ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe"), so
+    runs on the same kind of card add up; any other name in lower case ("cpu")."""
+    match = _GPU_MODEL.search(name)
+    return match.group(1).lower() if match else name.lower()
 
 
 def run_summary(training: dict, device: str | None = None) -> dict:
@@ -40,8 +53,10 @@ def extend_lineage(source: dict, this_run: dict) -> dict:
     The totals extend the source's own totals rather than re-adding its history, whose entries may
     lack a time (the shipped card's first CPU runs were timed together)."""
     first = run_summary(source)
-    by_device = dict(source.get("train_seconds_by_device") or {first["device"]: first["train_seconds"] or 0.0})
-    device = str(this_run.get("device", "unknown"))
+    by_device = dict(
+        source.get("train_seconds_by_device") or {device_key(first["device"]): first["train_seconds"] or 0.0}
+    )
+    device = device_key(str(this_run.get("device", "unknown")))
     by_device[device] = round(by_device.get(device, 0.0) + float(this_run.get("train_seconds") or 0.0), 1)
     return {
         "history": [*(source.get("history") or [first]), this_run],

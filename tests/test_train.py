@@ -117,3 +117,19 @@ def test_a_warm_restart_carries_the_training_history_forward(cifar10_python: Pat
     assert card.training["train_seconds_by_device"]["cpu"] == pytest.approx(
         sum(r["train_seconds"] for r in runs), abs=0.2
     )
+
+
+def test_training_seconds_add_up_per_kind_of_device_whatever_the_driver_calls_it() -> None:
+    from model.lineage import device_key, extend_lineage
+
+    assert [device_key(n) for n in ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "cpu")] == [
+        "h100",
+        "h100",
+        "h200",
+        "cpu",
+    ]
+    assert device_key("Tesla T4") == "t4" and device_key("NVIDIA GeForce RTX 4090") == "nvidia geforce rtx 4090"
+    source = {"epochs_done": 10, "train_seconds_by_device": {"cpu": 100.0, "h100": 10.0}, "epochs_total": 30}
+    lineage = extend_lineage(source, {"epochs": 5, "train_seconds": 5.0, "device": "NVIDIA H100 80GB HBM3"})
+    assert lineage["train_seconds_by_device"] == {"cpu": 100.0, "h100": 15.0}
+    assert lineage["epochs_total"] == 35 and lineage["train_seconds_total"] == 115.0
