@@ -29,6 +29,7 @@ from bench.common import (
     save_figure,
     use_service_threads,
 )
+from model.msdnet import MSDNet
 
 NAME = "exit_times"
 BATCHES = (1, 4, 16, 64)
@@ -38,7 +39,7 @@ def _synchroniser(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def time_exits(model: Any, images: torch.Tensor, reps: int, warm: int) -> dict[str, Any]:
+def time_exits(model: MSDNet, images: torch.Tensor, reps: int, warm: int) -> dict[str, Any]:
     """Median ms from the start of a batch to each exit, and to the end of one full pass."""
     sync = _synchroniser(images.device)
     to_exit: list[list[float]] = []
