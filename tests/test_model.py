@@ -184,6 +184,20 @@ def test_config_round_trip_and_validation() -> None:
         MSDNetConfig.from_dict({**config.to_dict(), "bn_factor": [1, 2]})
 
 
+def test_continue_a_subset_with_row_numbers_from_the_cpu_and_features_on_a_gpu(cifar_model: MSDNet) -> None:
+    """The engine builds its row lists on the CPU while a GPU holds the feature maps (an H100 run found
+    keep() mixing the two). FakeTensorMode stands in for a CUDA device on this CPU-only build and
+    checks devices as CUDA would."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    stepper = cifar_model.stepper(torch.randn(4, 3, 32, 32))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        stepper._features = [torch.empty(4, 6, 32, 32, device="cuda"), torch.empty(4, 12, 16, 16, device="cuda")]
+        stepper.keep(torch.tensor([1, 3]))
+        assert [(f.shape[0], f.device.type) for f in stepper._features] == [(2, "cuda"), (2, "cuda")]
+        assert stepper.sample_ids.shape == (2,) and stepper.sample_ids.device.type == "cpu"
+
+
 def test_folding_batchnorm_keeps_every_exit(cifar_model: MSDNet) -> None:
     import copy
 
