@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from model.msdnet import AnytimeStepper
 from service.engine import Engine, Job, JobKind, Outcome
 from service.latency import LatencyModel
 
@@ -270,17 +271,17 @@ def test_a_request_leaves_its_batch_at_its_deadline_and_the_rest_go_deeper(tiny_
     assert [e[1] for e in alone[:5]] == pytest.approx([e[1] for e in late_log[:5]], abs=1e-5)
 
 
+def _keep_that_fails(self: AnytimeStepper, rows: object) -> None:
+    """Stands in for ``AnytimeStepper.keep`` as it failed on a GPU (row numbers on the wrong device)."""
+    raise RuntimeError("rows on the wrong device")
+
+
 def test_a_batch_that_cannot_drop_a_leaving_request_fails_its_partners_not_the_engine(
     tiny_classifier, fake_clock, monkeypatch
 ) -> None:
     """Taking a request's rows out of a shared batch runs on the error path too; if it raised, the
     engine thread would die (a GPU once made it raise). The partners fail instead, and the engine
     goes on serving."""
-    from model.msdnet import AnytimeStepper
-
-    def broken_keep(self, rows) -> None:
-        raise RuntimeError("rows on the wrong device")
-
     engine = Engine(tiny_classifier, latency=_latency(0.010, sizes=(1, 2)), clock=fake_clock)
     early_log: list = []
     late_log: list = []
@@ -289,7 +290,7 @@ def test_a_batch_that_cannot_drop_a_leaving_request_fails_its_partners_not_the_e
     engine._step(engine._next_job())  # exit 1 for both, as one batch of 2
     fake_clock.advance(0.010)
     with monkeypatch.context() as patch:
-        patch.setattr(AnytimeStepper, "keep", broken_keep)
+        patch.setattr(AnytimeStepper, "keep", _keep_that_fails)
         engine._step(engine._next_job())  # early leaves at its deadline; dropping its rows fails
     assert early_log[-1] == ("done", Outcome.DEADLINE) and early.batch is None
     assert late_log[-1] == ("done", Outcome.ERROR) and engine.pending() == 0
@@ -303,17 +304,12 @@ def test_a_batch_that_cannot_drop_a_leaving_request_fails_its_partners_not_the_e
 def test_a_failed_batch_answers_each_of_its_requests_once(tiny_classifier, fake_clock, monkeypatch) -> None:
     """Three requests complete at the same exit; dropping the first fails the batch, so the others
     have already had their answer (an error) and must not be completed a second time."""
-    from model.msdnet import AnytimeStepper
-
-    def broken_keep(self, rows) -> None:
-        raise RuntimeError("rows on the wrong device")
-
     engine = Engine(tiny_classifier, latency=_latency(0.001, sizes=(1, 2, 3)), clock=fake_clock)
     logs: list[list] = [[], [], []]
     first = engine.submit(_distinct_request(fake_clock() + 10, 0, logs[0], max_exits=1))
     engine.submit(_distinct_request(fake_clock() + 10, 1, logs[1], max_exits=1))
     engine.submit(_distinct_request(fake_clock() + 10, 2, logs[2], max_exits=1))
-    monkeypatch.setattr(AnytimeStepper, "keep", broken_keep)
+    monkeypatch.setattr(AnytimeStepper, "keep", _keep_that_fails)
     engine._step(first)  # exit 1 for all three as one batch, where all three are done
     done = [[entry[1] for entry in log if entry[0] == "done"] for log in logs]
     assert done == [[Outcome.COMPLETE], [Outcome.ERROR], [Outcome.ERROR]]
