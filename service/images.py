@@ -46,6 +46,13 @@ def sniff_type(data: bytes) -> str | None:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOF segment, walking the segments strictly.
+
+    Strictness is the point: libjpeg resynchronises on stray bytes between segments (it scans on for
+    the next ``FF`` marker), so a lenient walker that skips an ``FF 00`` "segment" by a length of its
+    own making can be steered past the real SOF onto a decoy hidden inside an APP segment, and the
+    pixel cap would check the decoy. Anything but a well-formed marker where one must be is refused.
+    """
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -54,12 +61,18 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # restart markers and TEM carry no length
             i += 2
             continue
+        if marker < 0xC0 or marker in (0xD8, 0xD9, 0xDA):
+            # stuffing or reserved bytes, a second SOI, EOI or scan data before any frame header:
+            # not a JPEG libjpeg would size the way this walker does
+            return None
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if length < 2:
+            return None
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
+            if length < 8 or i + 9 > len(data):
                 return None
             h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             return w, h

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.app import create_app
+from service.images import ImageRejected, check_image
 from service.messages import ClassifyResponse
 
 from .reliability_helpers import (
@@ -355,3 +356,53 @@ def test_a_small_upload_with_many_pixels_does_not_block_the_event_loop(tiny_clas
         f"the event loop was blocked {probe.max_lag * 1000:.0f} ms (baseline {baseline * 1000:.0f} ms) "
         f"by a {len(png)}-byte upload"
     )
+
+
+# =====================================================================================================
+# 6. The size the pixel cap checks is the size OpenCV decodes
+# =====================================================================================================
+
+
+def _jpeg_with_decoy_header(w: int, h: int) -> bytes:
+    """A real w x h JPEG header hidden behind an ``FF 00`` pseudo-segment, with a decoy 32x32 SOF inside
+    an APP1 segment after it. libjpeg resynchronises past the stray bytes and decodes w x h; a lenient
+    header walker jumps over the real SOF and checks the decoy (a bypass found in review, 2026-11-26)."""
+    small = cv2.imencode(".jpg", np.full((8, 8, 3), 128, np.uint8))[1].tobytes()
+    segments, i = [], 2
+    while small[i + 1] != 0xDA:
+        (length,) = struct.unpack(">H", small[i + 2 : i + 4])
+        segments.append(small[i : i + 2 + length])
+        i += 2 + length
+    scan = small[i:]
+    k = next(j for j, s in enumerate(segments) if s[1] == 0xC0)
+    sof = bytearray(segments[k])
+    sof[5:9] = struct.pack(">HH", h, w)
+    hidden = b"".join(segments[:k]) + bytes(sof)
+    decoy = b"\xff\xc0" + struct.pack(">HBHHB", 17, 8, 32, 32, 3) + b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(decoy)) + decoy
+    return b"\xff\xd8\xff\x00" + struct.pack(">H", len(hidden) + 6) + hidden + app1 + b"".join(segments[k + 1 :]) + scan
+
+
+def test_a_jpeg_hiding_its_size_behind_a_decoy_header_is_refused(fuzz_client: TestClient) -> None:
+    bomb = _jpeg_with_decoy_header(4000, 4000)
+    decoded = cv2.imdecode(np.frombuffer(bomb, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and decoded.shape[:2] == (4000, 4000)  # the construction really is a bomb
+    with pytest.raises(ImageRejected) as refused:
+        check_image(bomb, "image/jpeg", max_pixels=1_000_000)
+    assert refused.value.status == 400
+    r = fuzz_client.post("/classify", content=bomb, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 400 and "corrupt" in r.json()["detail"], r.text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(*_BODIES.values()))
+def test_whatever_passes_the_header_check_decodes_to_the_size_it_claimed(body: tuple[bytes, bool]) -> None:
+    """The pixel cap is only as good as the header reader: any body it accepts must decode to exactly the
+    checked size, or not at all."""
+    data, _ = body
+    try:
+        _, w, h = check_image(data, None, max_pixels=4_000_000)
+    except ImageRejected:
+        return
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is None or decoded.shape[:2] == (h, w), (w, h, None if decoded is None else decoded.shape)
