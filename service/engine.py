@@ -6,7 +6,13 @@ budget). The engine advances the most urgent job by one block at a time. Before 
 the latency model whether the block can finish by the job's deadline and, if not, closes the job
 with the deepest exit it has. Between layers it stops a block when the deadline passes, when a
 newer tick supersedes the job, or when a more urgent job is waiting; the interrupted block is
-kept and resumes later, so preemption costs nothing.
+kept and resumes later, so preemption costs nothing. A superseded tick that has started its
+guaranteed exit 1 finishes it first: when exit 1 takes longer than a tick, throwing it away at
+every tick would leave the cameras with no answer at all.
+
+Order of work: first every job's guaranteed exits (a tick's or a request's exit 1), earliest
+deadline first; then deeper exits for ticks and requests, earliest deadline first; budgeted batch
+images last, whatever their deadlines.
 
 /classify requests that wait at the same time are computed as one batch: on a CPU, exit 1 for
 eight images costs about a third of eight single-image passes, which is what keeps answers on time
@@ -71,6 +77,7 @@ class Job:
     context: Any = None  # caller's bookkeeping, e.g. the cameras' frames
     seq: int = 0
     superseded: bool = False
+    finished: bool = False  # on_done has run (or is running): it runs once, whoever finishes the job
     exits_done: int = 0
     compute_s: float = 0.0
     latest: list[ExitResult] = field(default_factory=list)
@@ -117,6 +124,18 @@ def _owes(job: Job) -> bool:
     return job.exits_done < job.min_exits
 
 
+def _rank(job: Job) -> tuple[bool, bool, float]:
+    """Smaller runs first: guaranteed exits, then ticks' and requests' depth, then batch images;
+    earliest deadline first within each."""
+    return (not _owes(job), job.kind is JobKind.BATCH, job.deadline)
+
+
+def _keeps_going_when_superseded(job: Job) -> bool:
+    """A superseded tick still finishes a guaranteed exit it has started: the work is half paid for,
+    and a newer tick's job would start that exit from nothing."""
+    return _owes(job) and job.batch is not None
+
+
 def _batchable(a: Job, b: Job) -> bool:
     return (
         a.kind is b.kind
@@ -160,7 +179,7 @@ class Engine:
         Block 0 is timed with preprocessing included, as the engine times it for real jobs.
         """
         size = self.classifier.card.input_size
-        for bs in sorted(set(batch_sizes)):
+        for bs in sorted({b for b in batch_sizes if b > 0}):  # 0 cameras: a /classify-only service
             images = [np.zeros((size * 4, size * 4, 3), np.uint8)] * bs
             for r in range(rounds + 1):
                 t0 = time.perf_counter()
@@ -183,7 +202,7 @@ class Engine:
             self._thread.join(timeout)
         with self._cond:
             leftover, self._jobs = self._jobs, []
-        for job in leftover:
+        for job in leftover:  # (if the thread is still in a block, _finish's flag keeps on_done to one call)
             self._finish(job, Outcome.STOPPED)
 
     @property
@@ -248,7 +267,8 @@ class Engine:
                 return None
             # Guaranteed exits (a request's exit 1) before optional depth, each earliest deadline
             # first: one job's extra exits must never push another's first answer past its deadline.
-            return min(self._jobs, key=lambda j: (not _owes(j), j.deadline, j.seq))
+            # Batch images come after every tick and request, whatever their deadlines.
+            return min(self._jobs, key=lambda j: (*_rank(j), j.seq))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -265,7 +285,7 @@ class Engine:
                 self.step_started_at = None
 
     def _step(self, job: Job) -> None:
-        if job.superseded:
+        if job.superseded and not _keeps_going_when_superseded(job):
             self._finish(job, Outcome.SUPERSEDED)
             return
         limit = self._limit(job)
@@ -274,14 +294,12 @@ class Engine:
             return
         guaranteed = _owes(job)
         t0 = self.clock()
-        if not guaranteed:
-            size = job.batch.size if job.batch is not None else len(job.images)
-            if t0 + self.latency.predict(job.exits_done, size) > job.deadline:
-                self._finish(job, Outcome.DEADLINE)
-                return
+        if not guaranteed and t0 + self._predict_rest_of_block(job) > job.deadline:
+            self._finish(job, Outcome.DEADLINE)
+            return
         batch = job.batch or self._start_batch(job)
         block = job.exits_done
-        self._expire_waiting(batch, t0 + self.latency.predict(block, batch.size))
+        self._expire_waiting(batch, t0 + self._predict_rest_of_block(job))
         out = batch.stepper.advance(lambda: self._should_yield(job, guaranteed))
         elapsed = self.clock() - t0
         for member in batch.jobs:
@@ -300,7 +318,9 @@ class Engine:
         for member in list(batch.jobs):
             if member.batch is not batch:
                 continue  # already finished: its batch failed under an earlier member (_release_batch)
-            if member.exits_done >= self._limit(member) or (
+            if member.superseded and not _owes(member):  # it has paid its guaranteed exit; a newer tick waits
+                self._finish(member, Outcome.SUPERSEDED)
+            elif member.exits_done >= self._limit(member) or (
                 member.stop_when is not None and member.stop_when(member.latest[0])
             ):
                 self._finish(member, Outcome.COMPLETE)
@@ -313,6 +333,17 @@ class Engine:
             expired = [j for j in self._jobs if j.batch is not running and not _owes(j) and j.deadline < block_ends]
         for job in expired:
             self._finish(job, Outcome.DEADLINE)
+
+    def _predict_rest_of_block(self, job: Job) -> float:
+        """Predicted seconds to the job's next exit. A block interrupted part-way is charged only for
+        the part left, so a resumed block is not refused for work already done. The latency model
+        times whole blocks, so the split counts the block's layers and its exit head as equal shares
+        (rough: in msdnet-cifar-anytime the head is a quarter to a half of a block's multiply-adds, but
+        fewer of its operators, and at small batches time follows the operator count)."""
+        batch = job.batch
+        size = batch.size if batch is not None else len(job.images)
+        full = self.latency.predict(job.exits_done, size)
+        return full if batch is None else full * (1.0 - batch.stepper.block_progress)
 
     def _limit(self, job: Job) -> int:
         return min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)
@@ -332,13 +363,13 @@ class Engine:
     def _should_yield(self, job: Job, guaranteed: bool) -> bool:
         """Checked between layers: give up the model now? An interrupted block is kept and
         resumes when this job is picked again, so yielding wastes nothing."""
-        if self._stop.is_set() or job.superseded:
+        if self._stop.is_set() or (job.superseded and not guaranteed):
             return True
         with self._cond:
             others = [j for j in self._jobs if j.batch is None or j.batch is not job.batch]
         if guaranteed:
             return any(_owes(j) and j.deadline < job.deadline for j in others)
-        if any(_owes(j) or j.deadline < job.deadline for j in others):
+        if any(_rank(j) < _rank(job) for j in others):
             return True
         return self.clock() >= job.deadline
 
@@ -360,6 +391,9 @@ class Engine:
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
         with self._cond:
+            if job.finished:
+                return
+            job.finished = True
             if job in self._jobs:
                 self._jobs.remove(job)
             if self._current_tick is job:

@@ -197,3 +197,13 @@ def test_subscribers_beyond_the_cap_are_told_to_come_back_later(tiny_classifier)
             second.receive_text()
         assert info.value.code == 1013 and "try again later" in info.value.reason
         first.receive_text()  # the first subscription is untouched
+
+
+def test_a_service_with_no_cameras_serves_classify(tiny_classifier) -> None:
+    """``cameras: []`` is a /classify-only deployment (it once crashed at warm-up on batch size 0)."""
+    settings = load_settings(cameras=[])
+    with TestClient(create_app(settings, classifier=tiny_classifier)) as c:
+        assert c.get("/ready").status_code == 200
+        assert c.get("/cameras").json() == []
+        r = c.post("/classify?deadline_ms=1000", content=_jpeg(), headers={"content-type": "image/jpeg"})
+        assert r.status_code == 200 and ClassifyResponse.model_validate(r.json()).exit >= 1

@@ -215,6 +215,69 @@ def test_a_superseded_tick_stops_even_before_its_first_exit(tiny_classifier, fak
     assert log == [("done", Outcome.SUPERSEDED)]
 
 
+def _interrupt_after_layers(engine: Engine, layers: int) -> None:
+    """Make the next ``_step`` stop its block after ``layers`` layers, as a more urgent arrival would."""
+    calls = iter(range(1_000))
+    engine._should_yield = lambda job, guaranteed: next(calls) >= layers  # type: ignore[method-assign]
+
+
+def test_a_superseded_tick_finishes_the_exit_one_it_has_started(tiny_classifier, fake_clock) -> None:
+    """When exit 1 takes longer than a tick, dropping it at every tick would leave the cameras with no
+    answer at all (found in review: every tick superseded at exit 0, an empty board for good)."""
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    old_log: list = []
+    old = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.1, log=old_log, min_exits=1))
+    _interrupt_after_layers(engine, 1)
+    engine._step(old)  # one layer of exit 1, then interrupted
+    del engine._should_yield
+    assert old.batch is not None and old.exits_done == 0 and old.batch.stepper.in_progress
+    new = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.2, min_exits=1))
+    assert old.superseded
+    assert engine._next_job() is old  # its exit 1 is owed and the most urgent
+    engine._step(old)
+    assert old_log == [("exit", 1, 1), ("done", Outcome.SUPERSEDED)]  # exit 1 landed, then it gave way
+    assert engine._next_job() is new
+
+
+def test_a_resumed_block_is_charged_only_for_what_is_left(tiny_classifier, fake_clock) -> None:
+    engine = Engine(tiny_classifier, latency=_latency(0.010), clock=fake_clock)
+    log: list = []
+    job = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.100, log=log, min_exits=1))
+    engine._step(job)  # exit 1 (guaranteed)
+    _interrupt_after_layers(engine, 2)
+    engine._step(job)  # exit 2's layers, interrupted before its head
+    del engine._should_yield
+    progress = job.batch.stepper.block_progress
+    assert 0 < progress < 1 and job.exits_done == 1
+    # Less time left than a whole block, more than the part of it still to do: go on, don't give up.
+    fake_clock.now = job.deadline - 0.010 * (1 - progress) - 0.001
+    engine._step(job)
+    assert log[-1] == ("exit", 2, 1)
+
+
+def test_batch_images_wait_for_ticks_and_requests_going_deeper(tiny_classifier, fake_clock) -> None:
+    """Budgeted batch images are the least urgent work, even with earlier deadlines than a tick's."""
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    tick = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.1, min_exits=1))
+    engine._step(tick)  # exit 1 paid: from here on the tick owes nothing
+    image = engine.submit(_job(JobKind.BATCH, deadline=fake_clock() + 0.05))
+    assert engine._next_job() is tick
+    engine._step(image)  # (if it runs anyway) it yields to the tick between layers
+    assert engine._should_yield(image, guaranteed=False)
+    assert not engine._should_yield(tick, guaranteed=False)
+
+
+def test_a_job_is_finished_once_whoever_finishes_it(tiny_classifier, fake_clock) -> None:
+    """stop() finishes leftover jobs from another thread while a stuck engine thread may still finish
+    them itself: on_done must run once."""
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+    log: list = []
+    job = engine.submit(_job(JobKind.CLASSIFY, deadline=fake_clock() + 0.1, log=log, min_exits=1))
+    engine._finish(job, Outcome.STOPPED)
+    engine._finish(job, Outcome.COMPLETE)
+    assert log == [("done", Outcome.STOPPED)]
+
+
 def _distinct_request(deadline: float, seed: int, log: list, **kw) -> Job:
     image = np.random.default_rng(seed).integers(0, 255, (40, 60, 3), dtype=np.uint8)
     return Job(
