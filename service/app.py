@@ -65,11 +65,17 @@ def create_app(
         finally:
             await asyncio.to_thread(runtime.stop)
 
+    # With an access token, the interactive docs and the schema are off: they would be the only
+    # endpoints besides /health (and the overlay page, which holds no data) answering without it.
+    public_docs = settings.token is None
     app = FastAPI(
         title="anytime",
         summary="Anytime-prediction video classification with MSDNet",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
+        openapi_url="/openapi.json" if public_docs else None,
     )
     app.state.settings = settings
     app.state.runtime = runtime

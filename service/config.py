@@ -6,7 +6,9 @@ the key named, instead of being silently ignored while the service runs with a d
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +23,7 @@ from pydantic_settings import (
 )
 from pydantic_settings import SettingsError as _SourceError
 
-__all__ = ["URL_SCHEMES", "CameraConfig", "Settings", "SettingsError", "load_settings"]
+__all__ = ["CLIENT_ENVIRONMENT", "URL_SCHEMES", "CameraConfig", "Settings", "SettingsError", "load_settings"]
 
 # What OpenCV's FFmpeg backend is asked to open; anything else with "://" is almost surely a typo.
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https")
@@ -60,6 +62,8 @@ class CameraConfig(BaseModel):
     @classmethod
     def _known_kind_of_source(cls, value: str) -> str:
         value = value.strip()
+        if not value:
+            raise ValueError("must not be empty or blank")
         if value == "synthetic" or value.startswith("synthetic:"):
             match = _SYNTHETIC.fullmatch(value)
             if not match:
@@ -81,7 +85,7 @@ class Settings(BaseSettings):
 
     weights: str = Field(default="default", description='a .safetensors file, or "default" for the shipped model')
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description='"auto" picks cuda when available')
-    tick_hz: float = Field(default=10.0, gt=0, le=100, description="publishing rate; the deadline is one tick")
+    tick_hz: float = Field(default=10.0, ge=0.1, le=100, description="publishing rate; the deadline is one tick")
     cameras: list[CameraConfig] = Field(
         default_factory=lambda: [CameraConfig(id="synthetic", source="synthetic")],
         description="the cameras to read; by default one synthetic test pattern so the service runs anywhere",
@@ -96,7 +100,12 @@ class Settings(BaseSettings):
         default=256, ge=1, description="websocket subscriptions at once, all cameras; more are closed with 1013"
     )
     token: SecretStr | None = Field(default=None, description="bearer token required by the API; None: no auth")
-    host: str = Field(default="127.0.0.1", description="listen address; loopback unless asked otherwise")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        pattern=r"^\S+$",
+        description="listen address; loopback unless asked otherwise (an empty one would bind every interface)",
+    )
     port: int = Field(default=8000, ge=1, le=65535)
     torch_threads: int = Field(
         default=0,
@@ -119,10 +128,14 @@ class Settings(BaseSettings):
     @field_validator("token")
     @classmethod
     def _no_empty_token(cls, token: SecretStr | None) -> SecretStr | None:
-        # An empty token would look like "auth on" in the config yet accept an empty bearer.
-        if token is not None and not token.get_secret_value().strip():
+        # An empty token would look like "auth on" in the config yet accept an empty bearer; spaces
+        # around it (a YAML block scalar's newline) could never match a header, which HTTP strips.
+        if token is None:
+            return None
+        value = token.get_secret_value().strip()
+        if not value:
             raise ValueError("must not be empty; leave it unset to disable authentication")
-        return token
+        return SecretStr(value)
 
     @classmethod
     def settings_customise_sources(
@@ -149,6 +162,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = None if config_file is None else Path(config_file)
     if path is not None:
         _check_yaml_file(path)
+    _check_environment(os.environ)
     given = {key: value for key, value in overrides.items() if value is not None}
     token = _yaml_file.set(path)
     try:
@@ -161,6 +175,28 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise SettingsError(f"cannot read settings: {exc}") from exc
     finally:
         _yaml_file.reset(token)
+
+
+# ANYTIME_* variables that belong to the client (``anytime classify/watch``), not to the service.
+CLIENT_ENVIRONMENT = ("ANYTIME_URL",)
+
+
+def _check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``ANYTIME_*`` variables that name no setting, as the YAML file refuses unknown keys.
+
+    pydantic-settings ignores them, so a typo such as ``ANYTIME_TOKNE`` would start the service with
+    no authentication at all, and ``ANYTIME_CAMERA`` with only the synthetic camera."""
+    known = {name.upper() for name in Settings.model_fields}
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith("ANYTIME_")
+        and name.upper() not in CLIENT_ENVIRONMENT
+        and name.upper().removeprefix("ANYTIME_").split("__")[0] not in known
+    )
+    if unknown:
+        settings = ", ".join(f"ANYTIME_{name.upper()}" for name in Settings.model_fields)
+        raise SettingsError(f"unknown environment variable(s) {', '.join(unknown)}; the settings are: {settings}")
 
 
 def _check_yaml_file(path: Path) -> None:

@@ -23,6 +23,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.config import SettingsError, load_settings
+    from service.redact import RedactTokens
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     try:
@@ -50,5 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_ping_interval=20,
         ws_ping_timeout=20,
     )
+    # After uvicorn.Config, which (re)configures its loggers: ?token= never reaches the access log.
+    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
     Server(config).run()
     return 0

@@ -157,6 +157,14 @@ def test_access_token(tiny_classifier) -> None:
         assert info.value.code == 4401
         with c.websocket_connect("/ws/cameras/synthetic?token=s3cret") as ws:
             assert CameraPrediction.model_validate_json(ws.receive_text()).camera_id == "synthetic"
+        for path in ("/docs", "/redoc", "/openapi.json"):  # off with a token: nothing answers without it
+            assert c.get(path).status_code == 404
+            assert c.get(f"{path}?token=s3cret").status_code == 404
+
+
+def test_docs_are_served_without_a_token(client: TestClient) -> None:
+    assert client.get("/openapi.json").json()["info"]["title"] == "anytime"
+    assert client.get("/docs").status_code == 200
 
 
 @pytest.mark.skipif(not (VIDEOS / "cat.mp4").exists(), reason="../shared/videos is not present")

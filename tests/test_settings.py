@@ -103,7 +103,11 @@ def test_unknown_override_is_refused() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("tick_hz: 0\n", "tick_hz: Input should be greater than 0"),
+        ("tick_hz: 0\n", "tick_hz: Input should be greater than or equal to 0.1"),
+        ("tick_hz: 1e-300\n", "tick_hz: Input should be greater than or equal to 0.1"),
+        ("host: ''\n", "host: String should have at least 1 character"),
+        ("host: ' '\n", "host: String should match pattern"),
+        ("cameras:\n  - {id: a, source: '   '}\n", "cameras.0.source: .*must not be empty or blank"),
         ("port: 70000\n", "port: Input should be less than or equal to 65535"),
         ("device: tpu\n", "device: Input should be 'auto', 'cpu' or 'cuda'"),
         ("cameras:\n  - {id: a, source: synthetic, fps: 0}\n", "cameras.0.fps: Input should be greater than 0"),
@@ -127,6 +131,23 @@ def test_bad_environment_names_the_field(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("ANYTIME_MJPEG_QUALITY", "0")
     with pytest.raises(SettingsError, match="mjpeg_quality: Input should be greater than or equal to 1"):
         load_settings()
+
+
+def test_an_unknown_environment_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in ANYTIME_TOKEN must not start a service without authentication."""
+    monkeypatch.setenv("ANYTIME_TOKNE", "s3cret")
+    with pytest.raises(SettingsError, match=r"unknown environment variable.*ANYTIME_TOKNE.*ANYTIME_TOKEN"):
+        load_settings()
+    monkeypatch.delenv("ANYTIME_TOKNE")
+    monkeypatch.setenv("anytime_token", "s3cret")  # pydantic-settings matches names case-insensitively
+    monkeypatch.setenv("ANYTIME_URL", "http://elsewhere:8000")  # the client's, not the service's
+    assert load_settings().token.get_secret_value() == "s3cret"
+
+
+def test_a_token_is_stripped_so_a_header_can_match_it(tmp_path: Path) -> None:
+    """HTTP strips the header value, and a YAML block scalar ends in a newline."""
+    settings = load_settings(write_yaml(tmp_path, "token: |\n  s3cret\n"))
+    assert settings.token.get_secret_value() == "s3cret"
 
 
 def test_missing_or_malformed_yaml_file(tmp_path: Path) -> None:

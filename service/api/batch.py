@@ -42,12 +42,12 @@ async def _decoded_files(request: Request, runtime: RuntimeDep) -> list[tuple[st
     if not is_multipart(request):
         raise ImageRejected(415, "send the images as multipart/form-data, one 'file' part each")
     limit = settings.max_batch_images
-    form = await parse_form(request, body, max_files=limit + 1)
+    form = await parse_form(request, body, max_files=limit)
     uploads = [part for part in form.getlist("file") if not isinstance(part, str)]
     if not uploads:
         raise ImageRejected(400, "multipart body has no 'file' parts with images")
     if len(uploads) > limit:
-        raise ImageRejected(413, f"more than {limit} files in one batch (max_batch_images)")
+        raise ImageRejected(413, f"more than {limit} files in one batch (max_batch_images)")  # (non-file parts aside)
     out = []
     for index, upload in enumerate(uploads):
         data = await upload.read()

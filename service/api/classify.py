@@ -36,7 +36,7 @@ async def _image_bytes(request: Request, cap: int) -> tuple[bytes, str | None]:
     body = await read_capped(request, cap)
     if not is_multipart(request):
         return body, request.headers.get("content-type") or None
-    upload = (await parse_form(request, body, max_files=1)).get("file")
+    upload = (await parse_form(request, body, max_files=1, too_many_status=400)).get("file")
     if upload is None or isinstance(upload, str):
         raise ImageRejected(400, "multipart body has no 'file' field with an image")
     return await upload.read(), part_type(upload)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.images import ImageRejected
 from service.runtime import Overloaded
@@ -30,13 +31,23 @@ def is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
 
 
-async def parse_form(request: Request, body: bytes, max_files: int) -> FormData:
-    """The multipart form of a body already read (and capped) by :func:`read_capped`."""
+async def parse_form(request: Request, body: bytes, max_files: int, too_many_status: int = 413) -> FormData:
+    """The multipart form of a body already read (and capped) by :func:`read_capped`.
+
+    Starlette refuses a malformed body, or more than ``max_files`` files, with its own HTTPException
+    (always 400), which would bypass the endpoints' error handling and metrics: it comes out as an
+    :class:`ImageRejected` instead, with ``too_many_status`` for too many files."""
 
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return await Request(request.scope, replay).form(max_files=max_files, max_fields=max_files + 7)
+    try:
+        return await Request(request.scope, replay).form(max_files=max_files, max_fields=max_files + 7)
+    except StarletteHTTPException as exc:
+        detail = str(exc.detail)
+        if detail.startswith("Too many files"):
+            raise ImageRejected(too_many_status, f"more than {max_files} files in one request") from exc
+        raise ImageRejected(400, f"malformed multipart body: {detail}") from exc
 
 
 def part_type(upload: UploadFile) -> str | None:

@@ -1,0 +1,23 @@
+"""The access token never reaches the access log, where the overlay's ?token= URLs would put it."""
+
+from __future__ import annotations
+
+import logging
+
+from service.redact import RedactTokens, redact
+
+
+def test_redact_blanks_only_the_token_value() -> None:
+    assert redact("/cameras/a/stream.mjpg?token=s3cret") == "/cameras/a/stream.mjpg?token=***"
+    assert redact("/x?fps=5&token=s3cret&quality=70") == "/x?fps=5&token=***&quality=70"
+    assert redact("/x?TOKEN=abc") == "/x?TOKEN=***"
+    assert redact("/x?mytoken=abc&notatoken=1") == "/x?mytoken=abc&notatoken=1"
+
+
+def test_an_access_log_line_as_uvicorn_writes_it_is_redacted(caplog) -> None:
+    logger = logging.getLogger("test.uvicorn.access")
+    logger.addFilter(RedactTokens())
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        # uvicorn's access logger: '%s - "%s %s HTTP/%s" %d' with the path and query as one argument
+        logger.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/ws/cameras/a?token=s3cret", "1.1", 101)
+    assert "s3cret" not in caplog.text and "token=***" in caplog.text
