@@ -52,11 +52,9 @@ def fit_thresholds(probs: Tensor, p: float) -> tuple[float, ...]:
     for k, share in enumerate(target_shares(p, num_exits)[:-1]):
         wanted = math.floor(n * share)
         remaining = confidence[k][~exited].sort(descending=True).values
-        # Fewer wanted than one, or more than remain: nobody (or everybody left) leaves here.
-        if wanted < 1:
-            t = math.inf
-        else:
-            t = float(remaining[min(wanted, remaining.numel()) - 1]) if remaining.numel() else math.inf
+        # Fewer wanted than one, or more than remain: nobody leaves here (as in the official code,
+        # whose T_k keeps its 1e8 start when the count is never reached).
+        t = float(remaining[wanted - 1]) if 1 <= wanted <= remaining.numel() else math.inf
         thresholds.append(t)
         exited |= confidence[k] >= t
     return tuple(thresholds)

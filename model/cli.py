@@ -7,10 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 __all__ = ["add_commands"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a batch of 0 would fail deep inside with a bare error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (``nan`` would pass every comparison and mean nothing)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--data", required=True, help="CIFAR python folder or image-folder dataset")
     tr.add_argument("--out", required=True, help="folder for checkpoints, metrics and the exported model")
     tr.add_argument("--epochs", type=int, default=300)
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--batch-size", type=positive_int, default=64)
     tr.add_argument("--lr", type=float, default=0.1)
     tr.add_argument("--schedule", choices=["step", "cosine"], default="step")
     tr.add_argument("--weight-decay", type=float, default=1e-4)
@@ -61,16 +78,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--data", required=True)
     ev.add_argument("--split", choices=["val", "test", "train", "all"], default="val")
     ev.add_argument("--limit", type=int, default=0, help="evaluate the first N images only")
-    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--batch-size", type=positive_int, default=500)
     ev.add_argument("--plot", help="write a PNG of both curves here")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
     bt = sub.add_parser("batch", help="classify a folder of images under an average compute budget")
     bt.add_argument("folder")
-    bt.add_argument("--budget-mflops", type=float, required=True, help="average multiply-adds per image, millions")
+    bt.add_argument(
+        "--budget-mflops", type=positive_float, required=True, help="average multiply-adds per image, millions"
+    )
     bt.add_argument("--weights", default="default")
-    bt.add_argument("--batch-size", type=int, default=256)
+    bt.add_argument("--batch-size", type=positive_int, default=256)
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_batch)
 
@@ -141,6 +160,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validation_pool(validation: dict) -> tuple[int, str] | None:
+    """(size, fingerprint) of the images the card's validation split was carved from, if recorded."""
+    if "pool_size" in validation and "pool_fingerprint" in validation:
+        return int(validation["pool_size"]), str(validation["pool_fingerprint"])
+    return None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -156,6 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         classes=tuple(card.classes),
         val_size=card.validation.get("size", 5000),
         val_seed=card.validation.get("seed", 0),
+        expect_pool=_validation_pool(card.validation),
     )
     if args.limit:
         data = data.subset(torch.arange(min(args.limit, len(data))))

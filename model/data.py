@@ -8,6 +8,7 @@ OpenCV) and augmentation works on whole batches in torch.
 from __future__ import annotations
 
 import functools
+import hashlib
 import pickle
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ __all__ = [
     "cutout_mask",
     "iterate_batches",
     "load_split",
+    "pool_fingerprint",
     "train_val_indices",
 ]
 
@@ -38,17 +40,32 @@ DEFAULT_VAL_SEED = 0
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images as one uint8 tensor (N, 3, H, W, RGB), their labels and the class names."""
+    """Images as one uint8 tensor (N, 3, H, W, RGB), their labels and the class names.
+
+    ``pool`` identifies the set of training images a train/val split was carved from (its size and
+    :func:`pool_fingerprint`); None for sets that are not such a split."""
 
     images: Tensor
     labels: Tensor
     classes: tuple[str, ...]
+    pool: tuple[int, str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())
 
     def subset(self, indices: Tensor) -> ImageSet:
-        return ImageSet(self.images[indices], self.labels[indices], self.classes)
+        return ImageSet(self.images[indices], self.labels[indices], self.classes, self.pool)
+
+
+def pool_fingerprint(labels: Tensor) -> str:
+    """A short hash of the pool's labels in load order.
+
+    The validation split is a seeded permutation of pool *positions*, so it names the same images
+    only in the same pool loaded the same way: a dataset that gained one image, or CIFAR's python
+    batches where the model trained on its image folders, give a different "val" that is mostly
+    training images. The card records this fingerprint so ``--split val`` can refuse such a pool."""
+    data = labels.to(torch.int64).contiguous().numpy().tobytes()
+    return hashlib.sha256(len(labels).to_bytes(8, "little") + data).hexdigest()[:16]
 
 
 def train_val_indices(n: int, val_size: int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_VAL_SEED) -> tuple[Tensor, Tensor]:
@@ -75,24 +92,37 @@ def _is_cifar_python(root: Path) -> bool:
     return (root / "batches.meta").exists() or ((root / "meta").exists() and (root / "train").is_file())
 
 
-def _load_cifar_python(root: Path, part: Literal["train", "test"]) -> ImageSet:
+def _load_cifar_python(
+    root: Path, part: Literal["train", "test"], size: int = 32, classes: tuple[str, ...] | None = None
+) -> ImageSet:
     if (root / "batches.meta").exists():  # CIFAR-10
-        classes = tuple(_unpickle(root / "batches.meta")["label_names"])
+        found = tuple(_unpickle(root / "batches.meta")["label_names"])
         files = sorted(root.glob("data_batch_*")) if part == "train" else [root / "test_batch"]
         label_key = "labels"
     else:  # CIFAR-100
-        classes = tuple(_unpickle(root / "meta")["fine_label_names"])
+        found = tuple(_unpickle(root / "meta")["fine_label_names"])
         files = [root / part]
         label_key = "fine_labels"
     missing = [str(f) for f in files if not f.exists()]
     if not files or missing:
         raise FileNotFoundError(f"CIFAR {part} files missing under {root}: {missing or 'data_batch_*'}")
+    if size != 32:
+        raise ValueError(f"CIFAR python batches hold 32x32 images; this model takes {size}x{size}")
     data, labels = [], []
     for f in files:
         batch = _unpickle(f)
         data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(batch[label_key])
-    return ImageSet(torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long), classes)
+    targets = torch.tensor(labels, dtype=torch.long)
+    if classes is not None and tuple(classes) != found:
+        # A model trained on other classes (CIFAR-10's on CIFAR-100, say) must not be scored on them;
+        # the same classes in another order are renumbered to the model's.
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise ValueError(f"{root} has classes the model does not know: {unknown[:10]}")
+        targets = torch.tensor([classes.index(name) for name in found], dtype=torch.long)[targets]
+        found = tuple(classes)
+    return ImageSet(torch.from_numpy(np.concatenate(data)), targets, found)
 
 
 # --- image folders ------------------------------------------------------------------------
@@ -118,8 +148,13 @@ def to_square_rgb(bgr: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1))
 
 
+def _visible(path: Path) -> bool:
+    """Hidden entries (``.ipynb_checkpoints``, macOS ``._name.png`` resource forks) are not data."""
+    return not path.name.startswith(".")
+
+
 def _load_image_folder(root: Path, size: int, classes: tuple[str, ...] | None = None) -> ImageSet:
-    found = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    found = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and _visible(p)))
     if not found:
         raise FileNotFoundError(f"{root} holds no class subfolders")
     classes = classes or found
@@ -132,7 +167,7 @@ def _load_image_folder(root: Path, size: int, classes: tuple[str, ...] | None = 
         if not folder.is_dir():
             continue
         for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES:
+            if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p):
                 paths.append(p)
                 labels.append(index)
     if not paths:
@@ -150,32 +185,42 @@ def load_split(
     classes: tuple[str, ...] | None = None,
     val_size: int = DEFAULT_VAL_SIZE,
     val_seed: int = DEFAULT_VAL_SEED,
+    expect_pool: tuple[int, str] | None = None,
 ) -> ImageSet:
     """Load one split of a dataset in any supported layout.
 
     ``path`` may be a CIFAR-10/100 python folder, a folder with ``train/`` (and ``test/``) class
     folders, or a folder of class subfolders. ``train`` and ``val`` are the seeded partition of
     the training images; ``test`` is the dataset's own test set; ``all`` is every training image.
+    ``expect_pool`` (size, fingerprint), from a model card, makes ``train`` and ``val`` refuse a pool
+    other than the one the model's split was carved from.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} does not exist")
     if split == "test":
         if _is_cifar_python(root):
-            return _load_cifar_python(root, "test")
+            return _load_cifar_python(root, "test", size, classes)
         if (root / "test").is_dir():
             return _load_image_folder(root / "test", size, classes)
         raise FileNotFoundError(f"{root} has no test split; use --split val (held out) or --split all")
     if _is_cifar_python(root):
-        pool = _load_cifar_python(root, "train")
+        pool = _load_cifar_python(root, "train", size, classes)
     elif (root / "train").is_dir():
         pool = _load_image_folder(root / "train", size, classes)
     else:
         pool = _load_image_folder(root, size, classes)
     if split == "all":
         return pool
+    identity = (len(pool), pool_fingerprint(pool.labels))
+    if expect_pool is not None and tuple(expect_pool) != identity:
+        raise ValueError(
+            f"{root}'s training images ({identity[0]}, fingerprint {identity[1]}) are not the pool the model's "
+            f"validation split was carved from ({expect_pool[0]}, {expect_pool[1]}): its '{split}' split would "
+            "mix the two. Use --split test, or --split all on images the model never trained on"
+        )
     train_idx, val_idx = train_val_indices(len(pool), val_size, val_seed)
-    return pool.subset(train_idx if split == "train" else val_idx)
+    return ImageSet(pool.images, pool.labels, pool.classes, identity).subset(train_idx if split == "train" else val_idx)
 
 
 # --- batches ------------------------------------------------------------------------------

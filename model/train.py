@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -156,19 +157,26 @@ def _save_checkpoint(
             tensors[f"optim.{i}"] = buf.cpu().contiguous()
     tensors["rng.augment"] = gen.get_state()
     tmp = out / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp))
+    # The state (epoch, timings) travels in the weights file's own metadata: one atomic rename
+    # writes both, so a kill can never leave weights of epoch k beside the state of epoch k - 1.
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(state)})
     tmp.replace(out / "checkpoint.safetensors")  # atomic: a kill never leaves half a checkpoint
-    (out / "checkpoint.json").write_text(json.dumps(state, indent=2) + "\n")
+    (out / "checkpoint.json").write_text(json.dumps(state, indent=2) + "\n")  # for people; resume reads the above
 
 
 def _load_checkpoint(out: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, gen: torch.Generator) -> dict:
-    tensors = load_file(str(out / "checkpoint.safetensors"))
+    path = out / "checkpoint.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        embedded = (f.metadata() or {}).get("state")
+    tensors = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(model.parameters()):
         if f"optim.{i}" in tensors:
             optim.state[p]["momentum_buffer"] = tensors[f"optim.{i}"].to(p.device)
     gen.set_state(tensors["rng.augment"])
-    return json.loads((out / "checkpoint.json").read_text())
+    if embedded is not None:
+        return json.loads(embedded)
+    return json.loads((out / "checkpoint.json").read_text())  # a checkpoint from before the state moved in
 
 
 def _init_from(model: MSDNet, weights: str, preset: str, classes: list[str]) -> dict:
@@ -198,6 +206,11 @@ def build_model(preset: str, num_classes: int) -> MSDNet | CifarResNet:
         raise KeyError(f"{exc.args[0]}; static baselines: {', '.join(RESNET_DEPTHS)}") from None
 
 
+def input_size(preset: str) -> int:
+    """The side of the square images a preset takes: 32 for the CIFAR ones, 224 for ImageNet's."""
+    return 32 if preset in RESNET_DEPTHS else get_config(preset, num_classes=10).input_size
+
+
 def validate(model: MSDNet | CifarResNet, val: ImageSet, mean: tuple, std: tuple) -> tuple[Tensor, list[float]]:
     probs = exit_probabilities(model, val, mean, std)
     accs = [float((p.argmax(1) == val.labels).float().mean()) for p in probs]
@@ -213,8 +226,9 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
     device = resolve_device(opts.device)
     torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     torch.manual_seed(opts.seed)
-    train_set = load_split(opts.data, "train", val_size=opts.val_size)
-    val_set = load_split(opts.data, "val", val_size=opts.val_size, classes=train_set.classes)
+    size = input_size(opts.preset)
+    train_set = load_split(opts.data, "train", size=size, val_size=opts.val_size)
+    val_set = load_split(opts.data, "val", size=size, val_size=opts.val_size, classes=train_set.classes)
     if opts.limit:
         pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(opts.seed))
         train_set = train_set.subset(pick[: opts.limit].sort().values)
@@ -257,7 +271,7 @@ def train(opts: TrainOptions, resume: bool = False) -> Path:
             lr = lr_at(opts, epoch + step / steps, steps)
             for group in optim.param_groups:
                 group["lr"] = lr
-            images = augment_batch(images, gen)
+            images = augment_batch(images, gen, pad=max(1, size // 8))  # CIFAR's 4 pixels, scaled
             mask = cutout_mask(len(images), *images.shape[2:], opts.cutout, gen) if opts.cutout else None
             if device.type == "cuda":  # pinned: the copy overlaps the GPU's work instead of draining it
                 images, labels = images.pin_memory(), labels.pin_memory()
@@ -342,7 +356,12 @@ def _export(
                 )
                 for pt in curve
             ],
-            "validation": {"size": len(val_set), "seed": 0, "source": "held out from the training split"},
+            "validation": {
+                "size": len(val_set),
+                "seed": 0,
+                "source": "held out from the training split",
+                **({"pool_size": val_set.pool[0], "pool_fingerprint": val_set.pool[1]} if val_set.pool else {}),
+            },
             # train_seconds: wall time of the epochs, validation included
             "training": {**trained, "options": {k: v for k, v in asdict(opts).items() if k not in ("data", "out")}},
         }

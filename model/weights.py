@@ -133,7 +133,10 @@ def load_model(weights: str | Path = "default", device: str | torch.device = "cp
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} not found")
     card = load_card(path)
-    config = card.msdnet_config
+    try:
+        config = card.msdnet_config
+    except (TypeError, ValueError, KeyError) as exc:  # a key missing from, or unknown to, the config
+        raise CardMismatchError(f"card {card_path(path).name} has an unusable config: {exc}") from exc
     if len(card.classes) != config.num_classes:
         raise CardMismatchError(f"card lists {len(card.classes)} classes but its config says {config.num_classes}")
     model = MSDNet(config)
@@ -159,6 +162,12 @@ def load_model(weights: str | Path = "default", device: str | torch.device = "cp
         )
     if len(card.exits) != model.num_exits:
         raise CardMismatchError(f"card lists {len(card.exits)} exits, the architecture has {model.num_exits}")
+    short = [t.p for t in card.thresholds if len(t.thresholds) != model.num_exits - 1]
+    if short:  # budgeted batch would index past them once an image reached the missing exit
+        raise CardMismatchError(
+            f"card's threshold sets for p={short[:3]} do not hold one threshold per exit but the last "
+            f"({model.num_exits - 1})"
+        )
     model.load_state_dict(tensors)
     model.eval()
     return model.to(device), card

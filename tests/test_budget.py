@@ -30,6 +30,23 @@ def test_fitted_thresholds_reproduce_target_shares(p: float) -> None:
     assert sum(counts) == n
 
 
+def test_an_exit_that_wants_more_samples_than_remain_takes_none() -> None:
+    """As the official code does (its T_k keeps its 1e8 start): when ties at full confidence send more
+    samples out early than the shares planned, a later exit that wants more than remain takes nobody,
+    rather than everybody left."""
+    n, exits, p = 1000, 7, 1.95
+    confidence = torch.full((exits, n), 0.5)
+    confidence[:, :600] = 1.0  # 60 % of samples are certain from exit 1 on: all leave there
+    confidence[:, 600:] = torch.linspace(0.2, 0.9, n - 600)
+    probs = torch.stack([confidence, 1 - confidence], dim=2)
+    thresholds = fit_thresholds(probs, p)
+    counts = torch.bincount(exit_assignment(probs, thresholds), minlength=exits).tolist()
+    assert counts[0] == 600
+    starved = [k for k in range(1, exits - 1) if math.floor(n * target_shares(p, exits)[k]) > n - sum(counts[:k])]
+    assert starved and all(thresholds[k] == math.inf and counts[k] == 0 for k in starved)
+    assert sum(counts) == n
+
+
 def test_simulated_cost_is_the_share_weighted_exit_cost() -> None:
     torch.manual_seed(1)
     probs = torch.softmax(torch.randn(3, 100, 4), dim=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,43 @@ def test_image_folder_resizes_and_labels_by_sorted_folder(image_folder: Path) ->
     assert data.classes == ("class_0", "class_1", "class_2")
     with pytest.raises(FileNotFoundError, match="no test split"):
         load_split(image_folder, "test")
+
+
+def test_cifar_python_classes_are_checked_against_the_model(cifar10_python: Path) -> None:
+    """A model must not be scored on classes it does not know (CIFAR-10 weights on CIFAR-100, say), and
+    the same classes in another order are renumbered to the model's."""
+    with pytest.raises(ValueError, match="classes the model does not know"):
+        load_split(cifar10_python, "test", classes=("airplane", "automobile", "cat"))
+    plain = load_split(cifar10_python, "test")
+    reordered = load_split(cifar10_python, "test", classes=("bird", "airplane", "automobile"))
+    assert reordered.classes == ("bird", "airplane", "automobile")
+    names = [plain.classes[i] for i in plain.labels]
+    assert [reordered.classes[i] for i in reordered.labels] == names
+    with pytest.raises(ValueError, match="32x32"):
+        load_split(cifar10_python, "test", size=224)
+
+
+def test_hidden_folders_and_files_are_not_data(image_folder: Path, tmp_path: Path) -> None:
+    """``.ipynb_checkpoints`` once became class 0, shifting every label; a macOS ``._x.jpg`` stopped the load."""
+    root = tmp_path / "ds"
+    shutil.copytree(image_folder, root)
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "class_0" / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    data = load_split(root, "all")
+    assert data.classes == ("class_0", "class_1", "class_2") and len(data) == 180
+
+
+def test_val_refuses_a_pool_other_than_the_one_the_split_was_carved_from(image_folder: Path, tmp_path: Path) -> None:
+    """The split is a permutation of positions: one image more, and "val" is mostly other images."""
+    val = load_split(image_folder, "val", val_size=20)
+    assert val.pool is not None and val.pool[0] == 180
+    assert load_split(image_folder, "val", val_size=20, expect_pool=val.pool).labels.equal(val.labels)
+    root = tmp_path / "grown"
+    shutil.copytree(image_folder, root)
+    shutil.copy(root / "class_1" / "0001.jpg", root / "class_1" / "9999.jpg")
+    with pytest.raises(ValueError, match="not the pool the model's validation split was carved from"):
+        load_split(root, "val", val_size=20, expect_pool=val.pool)
+    assert len(load_split(root, "all", expect_pool=val.pool)) == 181  # all and test carve nothing
 
 
 def test_shared_cifar10_folder_gives_the_standard_label_order(shared_cifar10: Path) -> None:

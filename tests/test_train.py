@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.train import TrainOptions, joint_loss, lr_at, plan_epochs, train
+from model.train import TrainOptions, input_size, joint_loss, lr_at, plan_epochs, train
 from model.weights import load_model
 
 
@@ -47,6 +47,31 @@ def test_short_run_lowers_the_loss_and_resumes(cifar10_python: Path, tmp_path: P
     assert card.training["epochs_done"] == 3
     assert len(card.thresholds) == 39 and all(e.val_accuracy is not None for e in card.exits)
     assert card.classes == ["airplane", "automobile", "bird"]
+
+
+def test_resume_trusts_the_state_written_with_the_weights(cifar10_python: Path, tmp_path: Path) -> None:
+    """A kill between the weights and a separate state file once made resume repeat an epoch on
+    weights that already held it: the state now travels inside the checkpoint file."""
+    out = tmp_path / "run"
+    train(_opts(cifar10_python, out, epochs=2, limit=64))
+    stale = json.loads((out / "checkpoint.json").read_text())
+    stale["epoch"] = 1  # as if the kill came after the weights of epoch 2 and before this file
+    (out / "checkpoint.json").write_text(json.dumps(stale))
+    train(_opts(cifar10_python, out, epochs=3, limit=64), resume=True)
+    assert [r["epoch"] for r in _records(out)] == [1, 2, 3]
+
+
+def test_the_validation_pool_is_recorded_and_checked(cifar10_python: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pool"
+    train(_opts(cifar10_python, out, epochs=1, limit=64))
+    _model, card = load_model(out / "model.safetensors")
+    assert card.validation["pool_size"] == 200 and len(card.validation["pool_fingerprint"]) == 16
+
+
+def test_every_preset_trains_at_its_own_input_size() -> None:
+    """ImageNet presets once got 32x32 images and failed in their first pooling layer."""
+    assert input_size("msdnet-imagenet-step4") == 224
+    assert input_size("msdnet-cifar-anytime") == 32 and input_size("resnet20") == 32
 
 
 def test_cutout_trains_and_is_recorded_on_the_card(cifar10_python: Path, tmp_path: Path) -> None:

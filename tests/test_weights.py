@@ -62,3 +62,22 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     path.with_suffix(".json").unlink()
     with pytest.raises(FileNotFoundError, match="model card"):
         load_model(path)
+
+
+def test_a_card_with_a_config_key_missing_is_a_mismatch_not_a_traceback(tmp_path: Path) -> None:
+    path = _save(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    del card["config"]["growth_rate"]
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CardMismatchError, match="unusable config"):
+        load_model(path)
+
+
+def test_threshold_sets_must_hold_one_threshold_per_exit_but_the_last(tmp_path: Path) -> None:
+    """A short set loaded once, then budgeted batch failed with an IndexError at the missing exit."""
+    path = _save(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["thresholds"] = [{"p": 1.0, "thresholds": [0.9, 0.8], "val_avg_mflops": 5.0, "val_accuracy": 0.5}]
+    path.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(CardMismatchError, match=r"p=\[1.0\].*one threshold per exit but the last \(4\)"):
+        load_model(path)
