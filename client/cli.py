@@ -51,6 +51,11 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="bearer token (default: $ANYTIME_TOKEN)")
 
 
+def _given(value: float | None, default: float) -> float:
+    """The flag's value if given, even 0 (which the server refuses with a clear 422), else the default."""
+    return default if value is None else value
+
+
 def _url(args: argparse.Namespace) -> str:
     return str(args.url or os.environ.get("ANYTIME_URL") or DEFAULT_URL)
 
@@ -100,11 +105,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     try:
         with AnytimeClient(_url(args), token=_token(args)) as client:
             if args.budget_mflops is not None:
-                batch = client.classify_batch(args.images, args.budget_mflops, deadline_ms=args.deadline_ms or 10000)
+                deadline_ms = _given(args.deadline_ms, 10000)
+                batch = client.classify_batch(args.images, args.budget_mflops, deadline_ms=deadline_ms)
                 print(batch.model_dump_json() if args.json else "\n".join(format_batch(batch, args.images)))
                 return 0
             for image in args.images:
-                result = client.classify(image, deadline_ms=args.deadline_ms or 50.0, exit=args.exit)
+                result = client.classify(image, deadline_ms=_given(args.deadline_ms, 50.0), exit=args.exit)
                 prefix = f"{image}\t" if len(args.images) > 1 and not args.json else ""
                 print(result.model_dump_json() if args.json else prefix + format_classify(result))
     except AnytimeError as exc:

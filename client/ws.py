@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import connect as connect_sync
 
 from client.errors import AnytimeError, CameraNotFound, ConnectionLost, Unauthorized
@@ -40,7 +40,9 @@ _RETRYABLE = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError)
 
 
 def camera_url(base_url: str, camera_id: str, token: str | None = None) -> str:
-    """``http(s)://host[/prefix]`` -> ``ws(s)://host[/prefix]/ws/cameras/ID[?token=...]``."""
+    """``http(s)://host[/prefix]`` -> ``ws(s)://host[/prefix]/ws/cameras/ID[?token=...]``.
+
+    (For a browser, which cannot set headers on a websocket; this client sends the token as a header.)"""
     parts = urlsplit(base_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     path = f"{parts.path.rstrip('/')}/ws/cameras/{quote(camera_id, safe='')}"
@@ -98,29 +100,42 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _stream(url: str, policy: _Policy, open_timeout: float) -> AsyncGenerator[CameraPrediction, None]:
+def _auth_headers(token: str | None) -> dict[str, str]:
+    """The token goes in the handshake's header, not the URL: servers and proxies log URLs."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _stream(
+    url: str, policy: _Policy, open_timeout: float, headers: dict[str, str]
+) -> AsyncGenerator[CameraPrediction, None]:
     while True:
         try:
-            async with connect(url, open_timeout=open_timeout) as ws:
+            async with connect(url, open_timeout=open_timeout, additional_headers=headers) as ws:
                 policy.connections += 1
                 while True:
                     message = policy.parse(await ws.recv())
                     if message is not None:
                         yield message
+        except InvalidURI as exc:
+            raise AnytimeError(f"not a websocket URL: {url} ({exc})") from exc
         except _RETRYABLE as exc:
             delay = policy.after_failure(exc)
         await asyncio.sleep(delay)
 
 
-def _stream_sync(url: str, policy: _Policy, open_timeout: float) -> Generator[CameraPrediction, None, None]:
+def _stream_sync(
+    url: str, policy: _Policy, open_timeout: float, headers: dict[str, str]
+) -> Generator[CameraPrediction, None, None]:
     while True:
         try:
-            with connect_sync(url, open_timeout=open_timeout) as ws:
+            with connect_sync(url, open_timeout=open_timeout, additional_headers=headers) as ws:
                 policy.connections += 1
                 while True:
                     message = policy.parse(ws.recv())
                     if message is not None:
                         yield message
+        except InvalidURI as exc:
+            raise AnytimeError(f"not a websocket URL: {url} ({exc})") from exc
         except _RETRYABLE as exc:
             delay = policy.after_failure(exc)
         time.sleep(delay)
@@ -129,10 +144,10 @@ def _stream_sync(url: str, policy: _Policy, open_timeout: float) -> Generator[Ca
 class Subscription:
     """``async for`` over a camera's predictions; ``async with`` (or ``aclose()``) closes the socket."""
 
-    def __init__(self, url: str, policy: _Policy, open_timeout: float) -> None:
+    def __init__(self, url: str, policy: _Policy, open_timeout: float, token: str | None = None) -> None:
         self.url = url
         self._policy = policy
-        self._gen = _stream(url, policy, open_timeout)
+        self._gen = _stream(url, policy, open_timeout, _auth_headers(token))
 
     @property
     def connections(self) -> int:
@@ -158,10 +173,10 @@ class Subscription:
 class SyncSubscription:
     """``for`` over a camera's predictions (blocking); ``with`` (or ``close()``) closes the socket."""
 
-    def __init__(self, url: str, policy: _Policy, open_timeout: float) -> None:
+    def __init__(self, url: str, policy: _Policy, open_timeout: float, token: str | None = None) -> None:
         self.url = url
         self._policy = policy
-        self._gen = _stream_sync(url, policy, open_timeout)
+        self._gen = _stream_sync(url, policy, open_timeout, _auth_headers(token))
 
     @property
     def connections(self) -> int:
@@ -204,7 +219,7 @@ def subscribe(
 ) -> Subscription:
     """Async iterator of ``CameraPrediction``; ``max_retries`` bounds consecutive failures (None: forever)."""
     policy = _policy(camera_id, reconnect, min_backoff, max_backoff, max_retries)
-    return Subscription(camera_url(base_url, camera_id, token), policy, open_timeout)
+    return Subscription(camera_url(base_url, camera_id), policy, open_timeout, token)
 
 
 def subscribe_sync(
@@ -220,4 +235,4 @@ def subscribe_sync(
 ) -> SyncSubscription:
     """Blocking twin of ``subscribe``, for scripts and the ``anytime watch`` command."""
     policy = _policy(camera_id, reconnect, min_backoff, max_backoff, max_retries)
-    return SyncSubscription(camera_url(base_url, camera_id, token), policy, open_timeout)
+    return SyncSubscription(camera_url(base_url, camera_id), policy, open_timeout, token)

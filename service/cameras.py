@@ -101,7 +101,9 @@ class CameraReader:
         self._factory = source_factory
         self._clock, self._wall_clock = clock, wall_clock
         self._backoff = (backoff_min, backoff_max)
-        self._stall_timeout = stall_timeout
+        # A source paced at a low fps cap (the synthetic one sleeps a whole period between frames) is
+        # not stalled for waiting three of its own periods: at fps 0.05 it would flap live/down forever.
+        self._stall_timeout = max(stall_timeout, 3.0 / config.fps) if config.fps else stall_timeout
         self._fps_window = fps_window
         self._stop = threading.Event()  # also what every backoff wait waits on, so stop() cuts it short
         self._thread: threading.Thread | None = None

@@ -51,7 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ws_ping_interval=20,
         ws_ping_timeout=20,
     )
-    # After uvicorn.Config, which (re)configures its loggers: ?token= never reaches the access log.
-    logging.getLogger("uvicorn.access").addFilter(RedactTokens())
+    # After uvicorn.Config, which (re)configures its loggers: ?token= never reaches the log (HTTP
+    # requests go to uvicorn.access, websocket handshakes to uvicorn.error).
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(RedactTokens())
     Server(config).run()
     return 0

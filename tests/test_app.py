@@ -157,6 +157,8 @@ def test_access_token(tiny_classifier) -> None:
         assert info.value.code == 4401
         with c.websocket_connect("/ws/cameras/synthetic?token=s3cret") as ws:
             assert CameraPrediction.model_validate_json(ws.receive_text()).camera_id == "synthetic"
+        with c.websocket_connect("/ws/cameras/synthetic", headers={"Authorization": "Bearer s3cret"}) as ws:
+            assert CameraPrediction.model_validate_json(ws.receive_text()).camera_id == "synthetic"  # the client's way
         for path in ("/docs", "/redoc", "/openapi.json"):  # off with a token: nothing answers without it
             assert c.get(path).status_code == 404
             assert c.get(f"{path}?token=s3cret").status_code == 404

@@ -217,6 +217,19 @@ def test_stalled_camera_is_reported_down_and_reconnected(readers: list[CameraRea
     assert "no frame for" in (reader.status().last_error or "")
 
 
+def test_a_slow_paced_camera_is_not_taken_for_a_stalled_one(readers: list[CameraReader]) -> None:
+    """A synthetic camera capped at fps 2 waits 0.5 s between frames, beyond this reader's 0.3 s stall
+    timeout: found in review flapping live/down with every other frame."""
+    reader = CameraReader(camera(source="synthetic:64x48", fps=2), stall_timeout=0.3, **FAST)
+    reader.start()
+    readers.append(reader)
+    assert wait_until(lambda: reader.status().frames >= 1)
+    time.sleep(1.6)
+    status = reader.status()
+    assert status.state is CameraState.LIVE and status.reconnects == 0 and status.last_error is None, status
+    assert status.frames >= 3
+
+
 class CountingMailbox(LatestFrameMailbox):
     """Records the sequence number of every frame the reader publishes."""
 
