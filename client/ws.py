@@ -13,12 +13,14 @@ deterministically.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncGenerator, Generator
-from dataclasses import dataclass
-from typing import Self
+from dataclasses import dataclass, field
+from typing import Any, Self
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from pydantic import ValidationError
@@ -105,12 +107,36 @@ def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+@dataclass
+class _Link:
+    """What ``close()`` from another thread or task needs to end an iteration blocked in ``recv()``:
+    a flag the loop checks instead of reconnecting, and the socket to close under it."""
+
+    closing: bool = False
+    socket: Any = None
+    wake: threading.Event = field(default_factory=threading.Event)  # cuts a reconnect backoff short
+
+    def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+
+
+async def _backoff(delay: float, link: _Link) -> None:
+    """Sleep ``delay`` seconds, or until ``link`` is closed (checked every 0.1 s)."""
+    end = time.monotonic() + delay
+    while not link.closing and (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, 0.1))
+
+
 async def _stream(
-    url: str, policy: _Policy, open_timeout: float, headers: dict[str, str]
+    url: str, policy: _Policy, open_timeout: float, headers: dict[str, str], link: _Link
 ) -> AsyncGenerator[CameraPrediction, None]:
-    while True:
+    while not link.closing:
         try:
             async with connect(url, open_timeout=open_timeout, additional_headers=headers) as ws:
+                link.socket = ws
+                if link.closing:  # closed while connecting: aclose() found no socket to close
+                    return
                 policy.connections += 1
                 while True:
                     message = policy.parse(await ws.recv())
@@ -119,16 +145,23 @@ async def _stream(
         except InvalidURI as exc:
             raise AnytimeError(f"not a websocket URL: {url} ({exc})") from exc
         except _RETRYABLE as exc:
+            if link.closing:
+                return
             delay = policy.after_failure(exc)
-        await asyncio.sleep(delay)
+        finally:
+            link.socket = None
+        await _backoff(delay, link)
 
 
 def _stream_sync(
-    url: str, policy: _Policy, open_timeout: float, headers: dict[str, str]
+    url: str, policy: _Policy, open_timeout: float, headers: dict[str, str], link: _Link
 ) -> Generator[CameraPrediction, None, None]:
-    while True:
+    while not link.closing:
         try:
             with connect_sync(url, open_timeout=open_timeout, additional_headers=headers) as ws:
+                link.socket = ws  # (set before close() reads it, or checked below after it set the flag)
+                if link.closing:  # closed while connecting: close() found no socket to close
+                    return
                 policy.connections += 1
                 while True:
                     message = policy.parse(ws.recv())
@@ -137,17 +170,25 @@ def _stream_sync(
         except InvalidURI as exc:
             raise AnytimeError(f"not a websocket URL: {url} ({exc})") from exc
         except _RETRYABLE as exc:
+            if link.closing:
+                return
             delay = policy.after_failure(exc)
-        time.sleep(delay)
+        finally:
+            link.socket = None
+        link.wake.wait(delay)
 
 
 class Subscription:
-    """``async for`` over a camera's predictions; ``async with`` (or ``aclose()``) closes the socket."""
+    """``async for`` over a camera's predictions; ``async with`` (or ``aclose()``) closes the socket.
+
+    ``aclose()`` may come from another task while one is waiting for the next message: that
+    iteration then ends (``StopAsyncIteration``) instead of reconnecting."""
 
     def __init__(self, url: str, policy: _Policy, open_timeout: float, token: str | None = None) -> None:
         self.url = url
         self._policy = policy
-        self._gen = _stream(url, policy, open_timeout, _auth_headers(token))
+        self._link = _Link()
+        self._gen = _stream(url, policy, open_timeout, _auth_headers(token), self._link)
 
     @property
     def connections(self) -> int:
@@ -161,7 +202,12 @@ class Subscription:
         return await self._gen.__anext__()
 
     async def aclose(self) -> None:
-        await self._gen.aclose()
+        self._link.close()
+        socket = self._link.socket
+        if socket is not None:
+            await socket.close()  # wakes a recv() in another task with ConnectionClosed
+        with contextlib.suppress(RuntimeError):  # "already running": the other task's iteration ends by itself
+            await self._gen.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -171,12 +217,16 @@ class Subscription:
 
 
 class SyncSubscription:
-    """``for`` over a camera's predictions (blocking); ``with`` (or ``close()``) closes the socket."""
+    """``for`` over a camera's predictions (blocking); ``with`` (or ``close()``) closes the socket.
+
+    ``close()`` may come from another thread while one is blocked waiting for the next message: that
+    iteration then ends (``StopIteration``) instead of reconnecting."""
 
     def __init__(self, url: str, policy: _Policy, open_timeout: float, token: str | None = None) -> None:
         self.url = url
         self._policy = policy
-        self._gen = _stream_sync(url, policy, open_timeout, _auth_headers(token))
+        self._link = _Link()
+        self._gen = _stream_sync(url, policy, open_timeout, _auth_headers(token), self._link)
 
     @property
     def connections(self) -> int:
@@ -189,7 +239,12 @@ class SyncSubscription:
         return next(self._gen)
 
     def close(self) -> None:
-        self._gen.close()
+        self._link.close()
+        socket = self._link.socket
+        if socket is not None:
+            socket.close()  # thread-safe in websockets' sync client; wakes a blocked recv()
+        with contextlib.suppress(ValueError):  # "already executing": the other thread's iteration ends by itself
+            self._gen.close()
 
     def __enter__(self) -> Self:
         return self

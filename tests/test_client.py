@@ -106,6 +106,8 @@ def make_app(state: StandIn) -> FastAPI:
         state.open[camera_id] += 1
         try:
             await websocket.send_text(json.dumps({"type": "hello", "server": "stand-in"}))  # skipped by clients
+            while camera_id == "quiet":  # connected, never a prediction: a client waits in recv()
+                await websocket.receive_text()  # (until the client closes: WebSocketDisconnect)
             for sent in itertools.count():
                 if camera_id.startswith("drop") and sent == 2:  # "drop-1000", "drop-1011": close after 2 messages
                     await websocket.close(int(camera_id[5:]))
@@ -312,6 +314,37 @@ def test_reconnects_after_the_server_drops(server: StandIn, code: int) -> None:
             return astream.connections
 
     assert asyncio.run(run()) == 3
+
+
+def test_close_from_another_thread_ends_a_blocked_iteration(server: StandIn) -> None:
+    """A consumer waiting for the next message once could not be stopped: close() from another thread
+    raised "generator already executing" and the consumer kept waiting."""
+    stream = subscribe_sync("quiet", server.url, token=TOKEN)
+    outcome: list[object] = []
+    consumer = threading.Thread(target=lambda: outcome.append(list(stream)), daemon=True)
+    consumer.start()
+    _wait_for(lambda: server.open["quiet"] == 1, "the consumer to connect and wait")
+    stream.close()
+    consumer.join(5)
+    assert not consumer.is_alive() and outcome == [[]]
+    _wait_for(lambda: server.open["quiet"] == 0, "server to see the socket closed")
+
+
+def test_aclose_from_another_task_ends_a_waiting_iteration(server: StandIn) -> None:
+    async def run() -> list:
+        stream = subscribe("quiet", server.url, token=TOKEN)
+        consumer = asyncio.create_task(_collect(stream))
+        while server.open["quiet"] == 0:
+            await asyncio.sleep(0.01)
+        await stream.aclose()
+        return await asyncio.wait_for(consumer, 5)
+
+    assert asyncio.run(run()) == []
+    _wait_for(lambda: server.open["quiet"] == 0, "server to see the socket closed")
+
+
+async def _collect(stream: Any) -> list:
+    return [m async for m in stream]
 
 
 def test_no_reconnect_raises_connection_lost(server: StandIn) -> None:
