@@ -7,15 +7,16 @@ status code means. Every non-2xx answer becomes a typed ``HTTPStatusError``; a n
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
 from pydantic import TypeAdapter
 
-from client.errors import ConnectionLost, error_for_status
+from client.errors import AnytimeError, ConnectionLost, error_for_status
 from client.messages import BatchClassifyResponse, CameraInfo, ClassifyResponse
 
 __all__ = ["DEFAULT_TIMEOUT", "DEFAULT_URL", "AnytimeClient", "AsyncAnytimeClient", "ImageInput"]
@@ -27,6 +28,7 @@ ImageInput = bytes | str | os.PathLike[str]
 
 _SUFFIX_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}
 _CAMERAS = TypeAdapter(list[CameraInfo])
+T = TypeVar("T")
 
 
 def sniff_content_type(data: bytes) -> str:
@@ -90,6 +92,34 @@ def _check(response: httpx.Response) -> httpx.Response:
     raise error_for_status(response.status_code, body, response.headers.get("Retry-After"))
 
 
+def _parsed(parse: Callable[[bytes], T], response: httpx.Response) -> T:
+    """``parse`` the body of a 2xx answer; one that does not parse (a proxy's page, another service at
+    that URL) is an :class:`AnytimeError` like every other failure, not a pydantic or JSON error."""
+    try:
+        return parse(response.content)
+    except ValueError as exc:  # pydantic's ValidationError and json's JSONDecodeError are ValueErrors
+        raise AnytimeError(
+            f"{response.request.method} {response.request.url}: answer {response.status_code} is not the anytime "
+            f"service's ({type(exc).__name__}); is the URL right?"
+        ) from exc
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    value = json.loads(body)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
+
+
+def _client_url(base_url: str) -> str:
+    """The base URL without its trailing slash, refused up front if httpx cannot parse it."""
+    try:
+        httpx.URL(base_url)
+    except httpx.InvalidURL as exc:
+        raise AnytimeError(f"not a URL: {base_url!r} ({exc})") from exc
+    return base_url.rstrip("/")
+
+
 def _lost(exc: httpx.TransportError, request: str) -> ConnectionLost:
     return ConnectionLost(f"{request}: {type(exc).__name__}: {exc}" if str(exc) else f"{request}: {exc!r}")
 
@@ -105,7 +135,7 @@ class AnytimeClient:
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _client_url(base_url)
         self._http = httpx.Client(base_url=self.base_url, headers=_headers(token), timeout=timeout, transport=transport)
 
     def __enter__(self) -> Self:
@@ -128,7 +158,7 @@ class AnytimeClient:
     ) -> ClassifyResponse:
         """The deepest exit the service reaches within ``deadline_ms`` (or exactly exit ``exit``)."""
         response = self._request("POST", "/classify", **_classify_request(image, deadline_ms, exit, content_type))
-        return ClassifyResponse.model_validate_json(response.content)
+        return _parsed(ClassifyResponse.model_validate_json, response)
 
     def classify_batch(
         self, images: Iterable[ImageInput], budget_mflops: float, deadline_ms: float = 10000
@@ -136,15 +166,14 @@ class AnytimeClient:
         """Budgeted batch classification: each image leaves at the first exit confident enough for the
         thresholds that fit ``budget_mflops`` (average multiply-adds per image, millions)."""
         response = self._request("POST", "/classify/batch", **_batch_request(images, budget_mflops, deadline_ms))
-        return BatchClassifyResponse.model_validate_json(response.content)
+        return _parsed(BatchClassifyResponse.model_validate_json, response)
 
     def cameras(self) -> list[CameraInfo]:
-        return _CAMERAS.validate_json(self._request("GET", "/cameras").content)
+        return _parsed(_CAMERAS.validate_json, self._request("GET", "/cameras"))
 
     def model_card(self) -> dict[str, Any]:
         """The served model's card (classes, per-exit cost and accuracy); kept a dict as its shape is the model's."""
-        card: dict[str, Any] = self._request("GET", "/model").json()
-        return card
+        return _parsed(_json_object, self._request("GET", "/model"))
 
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text
@@ -175,7 +204,7 @@ class AsyncAnytimeClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = _client_url(base_url)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers=_headers(token), timeout=timeout, transport=transport
         )
@@ -199,21 +228,20 @@ class AsyncAnytimeClient:
         self, image: ImageInput, deadline_ms: float = 50, exit: int | None = None, *, content_type: str | None = None
     ) -> ClassifyResponse:
         response = await self._request("POST", "/classify", **_classify_request(image, deadline_ms, exit, content_type))
-        return ClassifyResponse.model_validate_json(response.content)
+        return _parsed(ClassifyResponse.model_validate_json, response)
 
     async def classify_batch(
         self, images: Iterable[ImageInput], budget_mflops: float, deadline_ms: float = 10000
     ) -> BatchClassifyResponse:
         request = _batch_request(images, budget_mflops, deadline_ms)
         response = await self._request("POST", "/classify/batch", **request)
-        return BatchClassifyResponse.model_validate_json(response.content)
+        return _parsed(BatchClassifyResponse.model_validate_json, response)
 
     async def cameras(self) -> list[CameraInfo]:
-        return _CAMERAS.validate_json((await self._request("GET", "/cameras")).content)
+        return _parsed(_CAMERAS.validate_json, await self._request("GET", "/cameras"))
 
     async def model_card(self) -> dict[str, Any]:
-        card: dict[str, Any] = (await self._request("GET", "/model")).json()
-        return card
+        return _parsed(_json_object, await self._request("GET", "/model"))
 
     async def metrics(self) -> str:
         return (await self._request("GET", "/metrics")).text

@@ -238,6 +238,31 @@ def test_status_maps_to_exception(status: int, body: Any, exc: type[errors.HTTPS
     asyncio.run(run_async())
 
 
+@pytest.mark.parametrize("body", [b"<html>a proxy's login page</html>", b'{"label": "cat"}', b"[1, 2]"])
+def test_a_2xx_answer_that_is_not_the_service_s_is_an_anytime_error(body: bytes) -> None:
+    """Another service (or a proxy page) at the URL once raised pydantic's or json's errors."""
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+    with AnytimeClient(transport=transport) as c:
+        calls = [lambda: c.classify(PNG), c.cameras]
+        if not body.startswith(b"{"):  # any JSON object is a model card: its shape is the model's
+            calls.append(c.model_card)
+        for call in calls:
+            with pytest.raises(client.AnytimeError, match="is not the anytime service's"):
+                call()
+
+    async def run_async() -> None:
+        async with AsyncAnytimeClient(transport=transport) as ac:
+            with pytest.raises(client.AnytimeError, match="is not the anytime service's"):
+                await ac.cameras()
+
+    asyncio.run(run_async())
+
+
+def test_a_url_that_does_not_parse_is_an_anytime_error() -> None:
+    with pytest.raises(client.AnytimeError, match="not a URL"):
+        AnytimeClient("http://[::1")
+
+
 def test_retry_after_http_date() -> None:
     assert errors.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
     assert errors.parse_retry_after("soon") is None
