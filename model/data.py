@@ -42,8 +42,8 @@ DEFAULT_VAL_SEED = 0
 class ImageSet:
     """Images as one uint8 tensor (N, 3, H, W, RGB), their labels and the class names.
 
-    ``pool`` identifies the set of training images a train/val split was carved from (its size and
-    :func:`pool_fingerprint`); None for sets that are not such a split."""
+    ``pool`` identifies the set of images as loaded (its size and :func:`pool_fingerprint`); a train/val
+    split keeps its pool's, so a model card can record which pool its validation split came from."""
 
     images: Tensor
     labels: Tensor
@@ -57,15 +57,19 @@ class ImageSet:
         return ImageSet(self.images[indices], self.labels[indices], self.classes, self.pool)
 
 
-def pool_fingerprint(labels: Tensor) -> str:
-    """A short hash of the pool's labels in load order.
+def pool_fingerprint(labels: Tensor, names: list[str]) -> str:
+    """A short hash of the pool's image names and labels, in load order.
 
     The validation split is a seeded permutation of pool *positions*, so it names the same images
-    only in the same pool loaded the same way: a dataset that gained one image, or CIFAR's python
-    batches where the model trained on its image folders, give a different "val" that is mostly
-    training images. The card records this fingerprint so ``--split val`` can refuse such a pool."""
-    data = labels.to(torch.int64).contiguous().numpy().tobytes()
-    return hashlib.sha256(len(labels).to_bytes(8, "little") + data).hexdigest()[:16]
+    only in the same pool loaded the same way: a dataset that gained one image, a different export of
+    it, or CIFAR's python batches where the model trained on its image folders, give a different "val"
+    that is mostly training images. The card records this fingerprint so ``--split val`` can refuse
+    such a pool. ``names`` are paths relative to the dataset (or CIFAR's stored file names), so the
+    same files elsewhere on disk give the same fingerprint."""
+    digest = hashlib.sha256(len(labels).to_bytes(8, "little"))
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    digest.update("\n".join(names).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
 
 def train_val_indices(n: int, val_size: int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_VAL_SEED) -> tuple[Tensor, Tensor]:
@@ -108,11 +112,12 @@ def _load_cifar_python(
         raise FileNotFoundError(f"CIFAR {part} files missing under {root}: {missing or 'data_batch_*'}")
     if size != 32:
         raise ValueError(f"CIFAR python batches hold 32x32 images; this model takes {size}x{size}")
-    data, labels = [], []
+    data, labels, names = [], [], []
     for f in files:
         batch = _unpickle(f)
         data.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.extend(batch[label_key])
+        names.extend(f"{f.name}/{name}" for name in batch.get("filenames", range(len(batch[label_key]))))
     targets = torch.tensor(labels, dtype=torch.long)
     if classes is not None and tuple(classes) != found:
         # A model trained on other classes (CIFAR-10's on CIFAR-100, say) must not be scored on them;
@@ -122,7 +127,8 @@ def _load_cifar_python(
             raise ValueError(f"{root} has classes the model does not know: {unknown[:10]}")
         targets = torch.tensor([classes.index(name) for name in found], dtype=torch.long)[targets]
         found = tuple(classes)
-    return ImageSet(torch.from_numpy(np.concatenate(data)), targets, found)
+    identity = (len(targets), pool_fingerprint(targets, names))
+    return ImageSet(torch.from_numpy(np.concatenate(data)), targets, found, identity)
 
 
 # --- image folders ------------------------------------------------------------------------
@@ -174,7 +180,9 @@ def _load_image_folder(root: Path, size: int, classes: tuple[str, ...] | None = 
         raise FileNotFoundError(f"no images found under {root}")
     with ThreadPoolExecutor(max_workers=4) as pool:  # OpenCV decodes without the GIL
         images = list(pool.map(lambda p: _read_rgb(p, size), paths))
-    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long), classes)
+    targets = torch.tensor(labels, dtype=torch.long)
+    identity = (len(targets), pool_fingerprint(targets, [p.relative_to(root).as_posix() for p in paths]))
+    return ImageSet(torch.from_numpy(np.stack(images)), targets, classes, identity)
 
 
 def load_split(
@@ -212,7 +220,8 @@ def load_split(
         pool = _load_image_folder(root, size, classes)
     if split == "all":
         return pool
-    identity = (len(pool), pool_fingerprint(pool.labels))
+    identity = pool.pool
+    assert identity is not None  # every loader records it
     if expect_pool is not None and tuple(expect_pool) != identity:
         raise ValueError(
             f"{root}'s training images ({identity[0]}, fingerprint {identity[1]}) are not the pool the model's "
@@ -220,7 +229,7 @@ def load_split(
             "mix the two. Use --split test, or --split all on images the model never trained on"
         )
     train_idx, val_idx = train_val_indices(len(pool), val_size, val_seed)
-    return ImageSet(pool.images, pool.labels, pool.classes, identity).subset(train_idx if split == "train" else val_idx)
+    return pool.subset(train_idx if split == "train" else val_idx)
 
 
 # --- batches ------------------------------------------------------------------------------

@@ -101,9 +101,8 @@ class CameraReader:
         self._factory = source_factory
         self._clock, self._wall_clock = clock, wall_clock
         self._backoff = (backoff_min, backoff_max)
-        # A source paced at a low fps cap (the synthetic one sleeps a whole period between frames) is
-        # not stalled for waiting three of its own periods: at fps 0.05 it would flap live/down forever.
-        self._stall_timeout = max(stall_timeout, 3.0 / config.fps) if config.fps else stall_timeout
+        self._stall_timeout = stall_timeout
+        self._stall_limit = stall_timeout  # for the source being read: see _stall_limit_for
         self._fps_window = fps_window
         self._stop = threading.Event()  # also what every backoff wait waits on, so stop() cuts it short
         self._thread: threading.Thread | None = None
@@ -157,10 +156,10 @@ class CameraReader:
             state, error, error_at, last = self._state, self._last_error, self._last_error_at, self._last_frame_mono
             recent = list(self._recent)
             frames, reconnects, last_at = self._frames, self._reconnects, self._last_frame_at
-        if state is CameraState.LIVE and last is not None and now - last > self._stall_timeout:
+        if state is CameraState.LIVE and last is not None and now - last > self._stall_limit:
             # The thread is blocked inside read(); say so now rather than when the read returns.
             state, error = CameraState.DOWN, f"no frame for {now - last:.0f} s"
-            error_at = last_at + self._stall_timeout if last_at is not None else None
+            error_at = last_at + self._stall_limit if last_at is not None else None
         return CameraStatus(
             camera_id=self.camera_id,
             source=redact(self.config.source),
@@ -222,7 +221,15 @@ class CameraReader:
             except Exception:
                 logger.exception("camera %s: closing the source failed", self.camera_id)
 
+    def _stall_limit_for(self, source: FrameSource) -> float:
+        """A source is not stalled for waiting three of its own frame periods: a synthetic camera capped
+        at 0.05 fps (or a time-lapse stream) would otherwise flap live/down forever. Judged by the rate
+        the source reports, not the fps cap, which only thins what a live camera sends."""
+        native = getattr(source, "native_fps", None)
+        return max(self._stall_timeout, 3.0 / native) if native else self._stall_timeout
+
     def _pump(self, source: FrameSource) -> bool:
+        self._stall_limit = self._stall_limit_for(source)
         period = 1.0 / self.config.fps if self.config.fps else 0.0
         skip = getattr(source, "skip", None) if period else None
         next_publish = 0.0
@@ -237,7 +244,7 @@ class CameraReader:
             now = self._clock()
             if ended:
                 return True
-            if now - last > self._stall_timeout:
+            if now - last > self._stall_limit:
                 raise SourceError(f"no frame for {now - last:.1f} s")
             last = now
             if image is None:  # skipped: counted as decoded, never published

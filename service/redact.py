@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote_plus
 
 __all__ = ["RedactTokens", "redact"]
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*", re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"([?&])([^=&\s?#]+)=([^&\s#]*)")
 
 
 def redact(text: str) -> str:
-    """``/x?token=secret&y=1`` becomes ``/x?token=***&y=1``."""
-    return _TOKEN_IN_QUERY.sub(r"\1***", text)
+    """``/x?token=secret&y=1`` becomes ``/x?token=***&y=1``. The name is compared decoded, as the service
+    reads it: ``?%74oken=secret`` is the token too."""
+
+    def blank(match: re.Match[str]) -> str:
+        sep, name, _ = match.groups()
+        return f"{sep}{name}=***" if unquote_plus(name).lower() == "token" else match.group(0)
+
+    return _QUERY_PAIR.sub(blank, text)
 
 
 class RedactTokens(logging.Filter):

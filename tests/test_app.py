@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import statistics
 import struct
 import time
 import zlib
@@ -63,7 +64,9 @@ def test_websocket_receives_one_message_per_tick(client: TestClient) -> None:
     assert all(m.exit >= 1 and m.label for m in later)
     assert all(m.camera_state == "live" and m.exits_total == 5 for m in later)
     gaps = [b.published_at - a.published_at for a, b in itertools.pairwise(later)]
-    assert all(0.05 < g < 0.2 for g in gaps), gaps  # ~100 ms apart (loose: tests are not benchmarks)
+    # ~100 ms apart: one message per tick (loose: tests are not benchmarks, and a starved CI machine may
+    # skip a tick, which the tick numbers above already show as a gap, not a repeat)
+    assert all(g > 0.05 for g in gaps) and 0.08 < statistics.median(gaps) < 0.15, gaps
     assert all(len(m.top5) == 5 and m.mflops > 0 for m in later)
 
 

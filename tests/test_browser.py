@@ -90,6 +90,38 @@ class LiveServer:
         assert not self.thread.is_alive(), "uvicorn did not stop within 10 s"
 
 
+# The picture's own pixels, drawn to a canvas (same origin, so readable): a screenshot of the <img> would
+# include the overlay drawn over it, whose text changes at every tick even when the video is frozen.
+PIXELS_JS = """img => {
+  if (!img.complete || !img.naturalWidth) return null;  // between two snapshots, or no frame yet
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  let hash = 0;
+  for (let i = 0; i < data.length; i += 7) hash = (hash * 31 + data[i]) | 0;
+  return hash;
+}"""
+
+
+def _video_moves(page: Any, img: Any, within_ms: int) -> bool:
+    """Do the picture's pixels change within ``within_ms``?"""
+    first = None
+    for _ in range(50):  # a snapshot tile is between two pictures now and then: read again
+        first = page.evaluate(PIXELS_JS, img.element_handle())
+        if first is not None:
+            break
+        page.wait_for_timeout(20)
+    assert first is not None, "the picture never finished loading"
+    changed = f"img => {{ const now = ({PIXELS_JS})(img); return now !== null && now !== {first}; }}"
+    try:
+        page.wait_for_function(changed, arg=img.element_handle(), timeout=within_ms)
+    except Exception:  # playwright's TimeoutError
+        return False
+    return True
+
+
 def _check_overlay(browser: Any, url: str, camera: str, scenario: str) -> None:
     page = browser.new_page(viewport={"width": 960, "height": 600})
     errors: list[str] = []
@@ -103,9 +135,7 @@ def _check_overlay(browser: Any, url: str, camera: str, scenario: str) -> None:
 
         # The video paints: the MJPEG image has a size, and its pixels move.
         page.wait_for_function("img => img.naturalWidth > 0", arg=img.element_handle(), timeout=TIMEOUT_MS)
-        first = img.screenshot()
-        page.wait_for_timeout(500)
-        assert img.screenshot() != first, "the video did not change in 0.5 s"
+        assert _video_moves(page, img, 3000), "the video's pixels did not change in 3 s"
 
         # The overlay follows the ticks: at least 5 messages in 2 s (10 Hz sends about 20).
         page.wait_for_function("el => +el.dataset.updates > 0", arg=tile.element_handle(), timeout=TIMEOUT_MS)
@@ -128,7 +158,6 @@ def _check_overlay(browser: Any, url: str, camera: str, scenario: str) -> None:
 
 
 def test_overlay_synthetic_camera_with_token(browser: Any, tiny_classifier: Any) -> None:
-    started = time.monotonic()
     app = create_app(load_settings(tick_hz=10, token=TOKEN), classifier=tiny_classifier)
     with LiveServer(app) as server:
         # Without the token the page loads but shows why nothing else does.
@@ -141,18 +170,15 @@ def test_overlay_synthetic_camera_with_token(browser: Any, tiny_classifier: Any)
         finally:
             page.close()
         _check_overlay(browser, server.url + f"/?token={TOKEN}", "synthetic", "synthetic")
-    assert time.monotonic() - started < 30
 
 
 def test_overlay_video_file_camera(browser: Any, tiny_classifier: Any) -> None:
     if not CAR_VIDEO.is_file():
         pytest.skip(f"{CAR_VIDEO} is not present")
-    started = time.monotonic()
     cameras = [{"id": "cars", "source": str(CAR_VIDEO), "loop": True}]
     app = create_app(load_settings(tick_hz=10, cameras=cameras), classifier=tiny_classifier)
     with LiveServer(app) as server:
         _check_overlay(browser, server.url + "/", "cars", "file")
-    assert time.monotonic() - started < 30
 
 
 def test_overlay_paints_every_camera_of_a_crowded_page(browser: Any, tiny_classifier: Any) -> None:
@@ -172,9 +198,7 @@ def test_overlay_paints_every_camera_of_a_crowded_page(browser: Any, tiny_classi
                 page.wait_for_function("img => img.naturalWidth > 0", arg=img.element_handle(), timeout=TIMEOUT_MS)
             assert page.locator(".tile[data-video=snapshots]").count() == 8
             last = page.locator('.tile[data-camera="cam7"] img.video')
-            first = last.screenshot()
-            page.wait_for_timeout(1500)
-            assert last.screenshot() != first, "the 8th camera's picture did not change in 1.5 s"
+            assert _video_moves(page, last, 3000), "the 8th camera's picture did not change in 3 s"
             updates = page.eval_on_selector_all(".tile", "tiles => tiles.map(t => +t.dataset.updates)")
             assert all(n > 0 for n in updates), f"tiles without a prediction: {updates}"
             # The page still answers other requests: the camera list loads while the pictures run.
@@ -182,5 +206,76 @@ def test_overlay_paints_every_camera_of_a_crowded_page(browser: Any, tiny_classi
             assert status == 200
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "overlay-crowded.png"))
+        finally:
+            page.close()
+
+
+class _FailsOnce:
+    """A synthetic source that fails once after ``frames`` frames, as a camera that drops off and comes back."""
+
+    failed = False
+
+    def __init__(self, config: Any, frames: int) -> None:
+        from service.sources import make_source
+
+        self.inner, self.frames = make_source(config), frames
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read(self) -> Any:
+        from service.sources import SourceError
+
+        self.frames -= 1
+        if self.frames < 0 and not _FailsOnce.failed:
+            _FailsOnce.failed = True
+            raise SourceError("unplugged (test)")
+        return self.inner.read()
+
+
+def test_a_stream_that_died_is_restarted_when_its_camera_comes_back(
+    browser: Any, tiny_classifier: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An MJPEG response that ends fires no event in the page: the picture froze for good while the labels
+    went on (found in review). Here the first response ends after a few frames, the camera then drops off
+    and comes back, and the page must ask for a new stream and paint moving pictures again."""
+    from service.api import video
+
+    original = video.mjpeg_parts
+    streams = {"n": 0}
+
+    async def first_stream_ends(*args: Any, **kwargs: Any) -> Any:
+        streams["n"] += 1
+        parts = original(*args, **kwargs)
+        sent = 0
+        async for part in parts:
+            yield part
+            sent += 1
+            if streams["n"] == 1 and sent == 5:  # like a proxy closing the response
+                await parts.aclose()
+                return
+
+    monkeypatch.setattr(video, "mjpeg_parts", first_stream_ends)
+    _FailsOnce.failed = False
+    app = create_app(
+        load_settings(tick_hz=10, cameras=[{"id": "flaky", "source": "synthetic:160x90"}]),
+        classifier=tiny_classifier,
+        source_factory=lambda config: _FailsOnce(config, frames=150),  # about 6 s at 25 fps
+    )
+    with LiveServer(app) as server:
+        page = browser.new_page()
+        try:
+            page.goto(server.url + "/", timeout=TIMEOUT_MS)
+            tile = page.locator('.tile[data-camera="flaky"]')
+            img = tile.locator("img.video")
+            page.wait_for_function("img => img.naturalWidth > 0", arg=img.element_handle(), timeout=TIMEOUT_MS)
+            # The camera goes down and comes back (1 s backoff); the page then asks for a new stream.
+            page.wait_for_function("t => t.dataset.state !== 'live'", arg=tile.element_handle(), timeout=15_000)
+            page.wait_for_function("t => t.dataset.state === 'live'", arg=tile.element_handle(), timeout=15_000)
+            deadline = time.monotonic() + 10
+            while streams["n"] < 2 and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            assert streams["n"] >= 2, "the page never asked for a new stream"
+            assert _video_moves(page, img, 5000), "the picture did not move again after the camera came back"
         finally:
             page.close()

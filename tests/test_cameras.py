@@ -230,6 +230,17 @@ def test_a_slow_paced_camera_is_not_taken_for_a_stalled_one(readers: list[Camera
     assert status.frames >= 3
 
 
+def test_an_fps_cap_does_not_lengthen_a_live_camera_s_stall_timeout(readers: list[CameraReader]) -> None:
+    """The cap only thins what a camera read at its own rate publishes: a stalled RTSP camera capped at
+    0.2 fps must still be reported down after its stall timeout, not after 15 s (found in review)."""
+    script = Script(STALL, FOREVER)
+    reader = CameraReader(camera(fps=0.2), script.factory, stall_timeout=0.1, **FAST)
+    reader.start()
+    readers.append(reader)
+    assert wait_until(lambda: reader.status().state is CameraState.DOWN)
+    script.release.set()
+
+
 class CountingMailbox(LatestFrameMailbox):
     """Records the sequence number of every frame the reader publishes."""
 

@@ -76,6 +76,16 @@ def test_val_refuses_a_pool_other_than_the_one_the_split_was_carved_from(image_f
     with pytest.raises(ValueError, match="not the pool the model's validation split was carved from"):
         load_split(root, "val", val_size=20, expect_pool=val.pool)
     assert len(load_split(root, "all", expect_pool=val.pool)) == 181  # all and test carve nothing
+    # The same class counts but other files at the same positions (another export): refused too.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(image_folder, renamed)
+    (renamed / "class_1" / "0001.jpg").rename(renamed / "class_1" / "zzzz.jpg")
+    with pytest.raises(ValueError, match="not the pool"):
+        load_split(renamed, "val", val_size=20, expect_pool=val.pool)
+    # The same files anywhere on disk are the same pool.
+    moved = tmp_path / "moved"
+    shutil.copytree(image_folder, moved)
+    assert load_split(moved, "val", val_size=20, expect_pool=val.pool).labels.equal(val.labels)
 
 
 def test_shared_cifar10_folder_gives_the_standard_label_order(shared_cifar10: Path) -> None:

@@ -140,19 +140,22 @@ def test_earliest_deadline_first_and_preemption_between_layers(tiny_classifier, 
     assert tick_log == [("exit", 1, 2)]
 
 
-def test_cancel_stops_between_layers_when_the_deadline_passes(tiny_classifier) -> None:
-    calls = {"n": 0}
-
-    def clock() -> float:  # every read moves time on by 4 ms
-        calls["n"] += 1
-        return calls["n"] * 0.004
-
-    engine = Engine(tiny_classifier, latency=_latency(0.0001), clock=clock)
-    job = engine.submit(_job(JobKind.TICK, deadline=0.02))
-    while engine.pending():
-        engine._step(job)
-    # The deadline passed mid-way: the job ended without running all five exits.
-    assert job.exits_done < 5
+def test_cancel_stops_between_layers_when_the_deadline_passes(tiny_classifier, fake_clock) -> None:
+    """A block predicted to fit, whose first layer then runs long: the engine stops before the next layer
+    instead of finishing the block past the deadline (a check only before blocks would let it run on)."""
+    block = tiny_classifier.model.blocks[1]
+    assert len(block) >= 2  # the test needs a layer after the slow one
+    slow = block[0].register_forward_pre_hook(lambda module, args: fake_clock.advance(0.020))  # predicted: 1 ms
+    try:
+        engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
+        job = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.010))
+        engine._step(job)  # exit 1
+        engine._step(job)  # exit 2: its first layer overruns the deadline, and the block stops there
+        assert job.exits_done == 1 and job.batch is not None and job.batch.stepper.in_progress
+        engine._step(job)  # and the job ends with exit 1
+        assert job.exits_done == 1 and engine.pending() == 0
+    finally:
+        slow.remove()
 
 
 def test_threaded_engine_serves_jobs_and_stops(tiny_classifier) -> None:

@@ -210,6 +210,28 @@ def test_a_frame_is_encoded_once_however_fast_the_viewer(monkeypatch: pytest.Mon
     assert waited >= 0.25
 
 
+def test_a_stream_with_no_new_frame_repeats_the_last_one_so_it_never_goes_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A camera that is down sends nothing new; a silent MJPEG response is closed by proxies, and a
+    browser's <img> never asks again (found in review: the tile froze for good)."""
+    monkeypatch.setattr(video, "KEEPALIVE_S", 0.1)
+    encoded: list[int] = []
+    monkeypatch.setattr(video, "encode_jpeg", lambda image, quality: encoded.append(int(image[0, 0, 0])) or b"jpg")
+
+    async def scenario() -> list[bytes]:
+        async def never() -> bool:
+            return False
+
+        parts = video.mjpeg_parts(lambda: _frame(1), never, fps=30, quality=50)
+        received = [await anext(parts) for _ in range(3)]
+        await parts.aclose()
+        return received
+
+    received = asyncio.run(asyncio.wait_for(scenario(), HARD_TIMEOUT_S))
+    assert len(set(received)) == 1 and encoded == [1]  # the same part again, encoded once
+
+
 def test_the_stream_ends_when_finished() -> None:
     async def scenario() -> list[bytes]:
         seq = iter(range(1, 100))

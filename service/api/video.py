@@ -29,6 +29,9 @@ router = APIRouter(tags=["video"], dependencies=[Depends(require_token)])
 BOUNDARY = "frame"
 MAX_WIDTH = 1280  # wider frames are downscaled: a browser tile never needs more, and encoding cost grows with area
 POLL_S = 0.01  # how often a viewer that is ahead of its camera looks for the next frame
+# With no new frame for this long (a camera that is down, a still source), the last picture is sent again:
+# a silent response is what proxies close (nginx after 60 s) and what a browser's <img> never retries.
+KEEPALIVE_S = 2.0
 # Proxies and browsers must neither cache nor buffer a live picture.
 _NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache"}
 _RETRY = {"Retry-After": "1"}
@@ -63,19 +66,28 @@ async def mjpeg_parts(
     """Multipart parts of new frames, at most ``fps`` a second, until ``finished()`` says so.
 
     ``finished`` is awaited before every frame (client gone, service stopping). A frame already sent is
-    never encoded again: a viewer faster than its camera just waits for the next one.
+    never encoded again: a viewer faster than its camera just waits for the next one, and every
+    :data:`KEEPALIVE_S` without one gets the last part again (not re-encoded).
     """
     loop = asyncio.get_running_loop()
     period = 1.0 / fps
     last_seq: int | None = None
+    last_part: bytes | None = None
+    last_sent = loop.time()
     while not await finished():
         frame = peek()
         if frame is None or frame.seq == last_seq:
+            if last_part is not None and loop.time() - last_sent >= KEEPALIVE_S:
+                last_sent = loop.time()
+                yield last_part
+                continue
             await asyncio.sleep(min(POLL_S, period))
             continue
         started = loop.time()
         last_seq = frame.seq
-        yield _part(await asyncio.to_thread(encode_jpeg, frame.image, quality))
+        last_part = _part(await asyncio.to_thread(encode_jpeg, frame.image, quality))
+        last_sent = loop.time()
+        yield last_part
         # Pace from the start of this frame, so the encode time counts towards the period.
         await asyncio.sleep(max(0.0, started + period - loop.time()))
 

@@ -14,6 +14,10 @@ const CLOSE_REASONS = { 1013: "server full", 4401: "access token rejected", 4404
 // picture and every other request (the camera list, a reload) still gets a connection.
 const MAX_STREAMS = 4;
 const SNAPSHOT_INTERVAL_MS = 200;
+// An MJPEG response that ends (a proxy's timeout, a network hiccup) fires neither "error" nor a new
+// "load" in Chromium: the picture just freezes or goes blank. When the websocket says the camera is live
+// again, or live with a blank picture, the stream is asked for anew, at most this often.
+const VIDEO_RESTART_MIN_MS = 5000;
 
 /** Delay before reconnect attempt n (0, 1, 2, ...): 1 s, 2 s, 4 s, ... capped at 30 s. */
 const backoff = (n) => Math.min(BACKOFF_MIN_MS * 2 ** n, BACKOFF_MAX_MS);
@@ -72,6 +76,15 @@ class Tile {
     const path = `cameras/${encodeURIComponent(this.id)}/${file}`;
     // Re-assigning the same src would not reload the image; a throwaway parameter forces a new request.
     this.img.src = apiUrl(path, fresh ? { _: Date.now() } : {}).href;
+    this.videoStartedAt = Date.now();
+  }
+
+  /** Called with every message: restart a stream that has probably died (see VIDEO_RESTART_MIN_MS). */
+  checkVideo(wasLive, live) {
+    if (this.video !== "stream" || !live) return;
+    const blank = this.img.complete && this.img.naturalWidth === 0;
+    if ((wasLive && !blank) || Date.now() - this.videoStartedAt < VIDEO_RESTART_MIN_MS) return;
+    this.startVideo(true);
   }
 
   retryVideo() {
@@ -117,7 +130,9 @@ class Tile {
   /** Apply one CameraPrediction message (see service/messages.py). */
   update(msg) {
     this.root.dataset.updates = String(++this.updates);
+    const wasLive = this.root.dataset.state === "live";
     this.setState(msg.camera_state);
+    this.checkVideo(wasLive, msg.camera_state === "live");
     const known = msg.exit > 0 && msg.label != null;
     const confidence = known ? (msg.confidence ?? 0) : 0;
     const idle = msg.camera_state === "live" ? "waiting for a prediction…" : "no picture";
