@@ -142,6 +142,11 @@ class AnytimeStepper:
         return self._stage > 0
 
     @property
+    def position(self) -> tuple[int, int]:
+        """(next exit's block, next part inside it): its layers are parts 0.., its exit head the last."""
+        return self._block, self._stage
+
+    @property
     def block_progress(self) -> float:
         """Share of the next exit's work already done, counting its layers and head as equal parts."""
         if self.finished:

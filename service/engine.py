@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.flops import block_part_costs
 from model.msdnet import AnytimeStepper
 from service.classifier import AnytimeClassifier, ExitResult
 from service.latency import LatencyModel
@@ -166,6 +167,8 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._current_tick: Job | None = None
+        # Multiply-adds of each block's layers and head: one pass of one image, milliseconds at start-up.
+        self._part_costs = block_part_costs(classifier.model)
         self._seq = itertools.count()
         # When the step in progress began (monotonic), None between steps: a step lasts milliseconds,
         # so one that has run for seconds means the model is stuck (see Runtime.problems).
@@ -336,14 +339,23 @@ class Engine:
 
     def _predict_rest_of_block(self, job: Job) -> float:
         """Predicted seconds to the job's next exit. A block interrupted part-way is charged only for
-        the part left, so a resumed block is not refused for work already done. The latency model
-        times whole blocks, so the split counts the block's layers and its exit head as equal shares
-        (rough: in msdnet-cifar-anytime the head is a quarter to a half of a block's multiply-adds, but
-        fewer of its operators, and at small batches time follows the operator count)."""
+        the part left, so a resumed block is not refused for work already done."""
         batch = job.batch
         size = batch.size if batch is not None else len(job.images)
         full = self.latency.predict(job.exits_done, size)
-        return full if batch is None else full * (1.0 - batch.stepper.block_progress)
+        return full if batch is None else full * self._remaining_share(batch.stepper)
+
+    def _remaining_share(self, stepper: AnytimeStepper) -> float:
+        """The share of its current block an interrupted stepper still owes. The latency model times
+        whole blocks, so this splits them two rough ways, by multiply-adds (the exit head is a quarter to
+        a half of a CIFAR block's) and by counting parts (at small batches time follows the operator
+        count more than the arithmetic), and takes the larger: an answer past its deadline costs more
+        than a shallower one."""
+        block, part = stepper.position
+        costs = self._part_costs[block]
+        by_cost = sum(costs[part:]) / sum(costs) if sum(costs) > 0 else 1.0
+        by_count = 1.0 - part / len(costs)
+        return max(by_cost, by_count)
 
     def _limit(self, job: Job) -> int:
         return min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)

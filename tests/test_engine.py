@@ -143,11 +143,11 @@ def test_earliest_deadline_first_and_preemption_between_layers(tiny_classifier, 
 def test_cancel_stops_between_layers_when_the_deadline_passes(tiny_classifier, fake_clock) -> None:
     """A block predicted to fit, whose first layer then runs long: the engine stops before the next layer
     instead of finishing the block past the deadline (a check only before blocks would let it run on)."""
+    engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
     block = tiny_classifier.model.blocks[1]
     assert len(block) >= 2  # the test needs a layer after the slow one
     slow = block[0].register_forward_pre_hook(lambda module, args: fake_clock.advance(0.020))  # predicted: 1 ms
     try:
-        engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
         job = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.010))
         engine._step(job)  # exit 1
         engine._step(job)  # exit 2: its first layer overruns the deadline, and the block stops there
@@ -250,10 +250,10 @@ def test_a_resumed_block_is_charged_only_for_what_is_left(tiny_classifier, fake_
     _interrupt_after_layers(engine, 2)
     engine._step(job)  # exit 2's layers, interrupted before its head
     del engine._should_yield
-    progress = job.batch.stepper.block_progress
-    assert 0 < progress < 1 and job.exits_done == 1
+    owed = engine._remaining_share(job.batch.stepper)
+    assert 0 < owed < 1 and job.exits_done == 1
     # Less time left than a whole block, more than the part of it still to do: go on, don't give up.
-    fake_clock.now = job.deadline - 0.010 * (1 - progress) - 0.001
+    fake_clock.now = job.deadline - 0.010 * owed - 0.001
     engine._step(job)
     assert log[-1] == ("exit", 2, 1)
 
