@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from model.msdnet import MSDNet
 
-__all__ = ["ExitCost", "block_part_costs", "counting_ops", "exit_costs", "module_ops"]
+__all__ = ["ExitCost", "counting_ops", "exit_costs", "module_ops"]
 
 
 @dataclass(frozen=True)
@@ -85,37 +85,3 @@ def exit_costs(model: MSDNet) -> list[ExitCost]:
         for out in model.iter_exits(image):
             costs.append(ExitCost(exit=out.exit, mflops=ops / 1e6, params=params))
         return costs
-
-
-def block_part_costs(model: MSDNet) -> list[list[float]]:
-    """Multiply-adds of each part of each block, in the order the stepper runs them: the block's layers,
-    then its exit head. What share of a block an interrupted stepper still owes (the deadline engine)."""
-    size = model.config.input_size
-    spent = 0.0
-
-    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        nonlocal spent
-        spent += module_ops(module, inputs, output)
-
-    def cost(run: Callable[[], object]) -> float:
-        nonlocal spent
-        spent = 0.0
-        run()
-        return spent
-
-    param = next(model.parameters())
-    features = [torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device)]
-    parts: list[list[float]] = []
-    with counting_ops(model, hook), torch.inference_mode():
-        for block, head in zip(model.blocks, model.exits, strict=True):
-            costs = []
-            for stage in block:
-
-                def step(stage: nn.Module = stage) -> None:
-                    nonlocal features
-                    features = stage(features)
-
-                costs.append(cost(step))
-            costs.append(cost(lambda head=head: head(features)))
-            parts.append(costs)
-    return parts

@@ -141,18 +141,6 @@ class AnytimeStepper:
         """True when a block was interrupted part-way (some of its layers are already paid for)."""
         return self._stage > 0
 
-    @property
-    def position(self) -> tuple[int, int]:
-        """(next exit's block, next part inside it): its layers are parts 0.., its exit head the last."""
-        return self._block, self._stage
-
-    @property
-    def block_progress(self) -> float:
-        """Share of the next exit's work already done, counting its layers and head as equal parts."""
-        if self.finished:
-            return 0.0
-        return self._stage / (len(self._model.blocks[self._block]) + 1)
-
     def advance(self, should_stop: CancelCheck | None = None) -> ExitOutput | None:
         """Compute the next exit. Returns None, keeping the work done so far, if ``should_stop``
         says so before any layer or before the exit head."""

@@ -6,7 +6,8 @@ budget). The engine advances the most urgent job by one block at a time. Before 
 the latency model whether the block can finish by the job's deadline and, if not, closes the job
 with the deepest exit it has. Between layers it stops a block when the deadline passes, when a
 newer tick supersedes the job, or when a more urgent job is waiting; the interrupted block is
-kept and resumes later, so preemption costs nothing. A superseded tick that has started its
+kept and resumes later, when a whole block's predicted time still fits before the deadline (the
+cautious charge of _predict_next_block). A superseded tick that has started its
 guaranteed exit 1 finishes it first: when exit 1 takes longer than a tick, throwing it away at
 every tick would leave the cameras with no answer at all.
 
@@ -37,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.flops import block_part_costs
 from model.msdnet import AnytimeStepper
 from service.classifier import AnytimeClassifier, ExitResult
 from service.latency import LatencyModel
@@ -167,8 +167,6 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._current_tick: Job | None = None
-        # Multiply-adds of each block's layers and head: one pass of one image, milliseconds at start-up.
-        self._part_costs = block_part_costs(classifier.model)
         self._seq = itertools.count()
         # When the step in progress began (monotonic), None between steps: a step lasts milliseconds,
         # so one that has run for seconds means the model is stuck (see Runtime.problems).
@@ -297,12 +295,12 @@ class Engine:
             return
         guaranteed = _owes(job)
         t0 = self.clock()
-        if not guaranteed and t0 + self._predict_rest_of_block(job) > job.deadline:
+        if not guaranteed and t0 + self._predict_next_block(job) > job.deadline:
             self._finish(job, Outcome.DEADLINE)
             return
         batch = job.batch or self._start_batch(job)
         block = job.exits_done
-        self._expire_waiting(batch, t0 + self._predict_rest_of_block(job))
+        self._expire_waiting(batch, t0 + self._predict_next_block(job))
         out = batch.stepper.advance(lambda: self._should_yield(job, guaranteed))
         elapsed = self.clock() - t0
         for member in batch.jobs:
@@ -337,25 +335,14 @@ class Engine:
         for job in expired:
             self._finish(job, Outcome.DEADLINE)
 
-    def _predict_rest_of_block(self, job: Job) -> float:
-        """Predicted seconds to the job's next exit. A block interrupted part-way is charged only for
-        the part left, so a resumed block is not refused for work already done."""
-        batch = job.batch
-        size = batch.size if batch is not None else len(job.images)
-        full = self.latency.predict(job.exits_done, size)
-        return full if batch is None else full * self._remaining_share(batch.stepper)
-
-    def _remaining_share(self, stepper: AnytimeStepper) -> float:
-        """The share of its current block an interrupted stepper still owes. The latency model times
-        whole blocks, so this splits them two rough ways, by multiply-adds (the exit head is a quarter to
-        a half of a CIFAR block's) and by counting parts (at small batches time follows the operator
-        count more than the arithmetic), and takes the larger: an answer past its deadline costs more
-        than a shallower one."""
-        block, part = stepper.position
-        costs = self._part_costs[block]
-        by_cost = sum(costs[part:]) / sum(costs) if sum(costs) > 0 else 1.0
-        by_count = 1.0 - part / len(costs)
-        return max(by_cost, by_count)
+    def _predict_next_block(self, job: Job) -> float:
+        """Predicted seconds to the job's next exit: the whole block, even when it was interrupted
+        part-way and some of its layers are already done. Charging only the part left would discard
+        less work, but the latency model times whole blocks and any split of them is a guess (an exit
+        head is a quarter to a half of a CIFAR block's multiply-adds); a guess that runs short answers
+        after the deadline, and for this service a late answer costs more than a shallower one."""
+        size = job.batch.size if job.batch is not None else len(job.images)
+        return self.latency.predict(job.exits_done, size)
 
     def _limit(self, job: Job) -> int:
         return min(job.max_exits or self.classifier.exits_total, self.classifier.exits_total)

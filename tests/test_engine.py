@@ -242,22 +242,6 @@ def test_a_superseded_tick_finishes_the_exit_one_it_has_started(tiny_classifier,
     assert engine._next_job() is new
 
 
-def test_a_resumed_block_is_charged_only_for_what_is_left(tiny_classifier, fake_clock) -> None:
-    engine = Engine(tiny_classifier, latency=_latency(0.010), clock=fake_clock)
-    log: list = []
-    job = engine.submit(_job(JobKind.TICK, deadline=fake_clock() + 0.100, log=log, min_exits=1))
-    engine._step(job)  # exit 1 (guaranteed)
-    _interrupt_after_layers(engine, 2)
-    engine._step(job)  # exit 2's layers, interrupted before its head
-    del engine._should_yield
-    owed = engine._remaining_share(job.batch.stepper)
-    assert 0 < owed < 1 and job.exits_done == 1
-    # Less time left than a whole block, more than the part of it still to do: go on, don't give up.
-    fake_clock.now = job.deadline - 0.010 * owed - 0.001
-    engine._step(job)
-    assert log[-1] == ("exit", 2, 1)
-
-
 def test_batch_images_wait_for_ticks_and_requests_going_deeper(tiny_classifier, fake_clock) -> None:
     """Budgeted batch images are the least urgent work, even with earlier deadlines than a tick's."""
     engine = Engine(tiny_classifier, latency=_latency(0.001), clock=fake_clock)
