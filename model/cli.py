@@ -160,13 +160,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validation_pool(validation: dict) -> tuple[int, str] | None:
-    """(size, fingerprint) of the images the card's validation split was carved from, if recorded."""
-    if "pool_size" in validation and "pool_fingerprint" in validation:
-        return int(validation["pool_size"]), str(validation["pool_fingerprint"])
-    return None
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -182,7 +175,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         classes=tuple(card.classes),
         val_size=card.validation.get("size", 5000),
         val_seed=card.validation.get("seed", 0),
-        expect_pool=_validation_pool(card.validation),
+        expect_pool=card.validation_pool,
     )
     if args.limit:
         data = data.subset(torch.arange(min(args.limit, len(data))))

@@ -92,6 +92,14 @@ def _unpickle(path: Path) -> dict:
         return pickle.load(f, encoding="latin1")
 
 
+def _refuse_unknown_classes(root: Path, found: tuple[str, ...], classes: tuple[str, ...]) -> None:
+    """A model must not be scored on classes it was never trained on (any layout, any split)."""
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise ValueError(f"{root} has classes the model does not know: {unknown[:10]}{more}")
+
+
 def _is_cifar_python(root: Path) -> bool:
     return (root / "batches.meta").exists() or ((root / "meta").exists() and (root / "train").is_file())
 
@@ -122,9 +130,7 @@ def _load_cifar_python(
     if classes is not None and tuple(classes) != found:
         # A model trained on other classes (CIFAR-10's on CIFAR-100, say) must not be scored on them;
         # the same classes in another order are renumbered to the model's.
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise ValueError(f"{root} has classes the model does not know: {unknown[:10]}")
+        _refuse_unknown_classes(root, found, classes)
         targets = torch.tensor([classes.index(name) for name in found], dtype=torch.long)[targets]
         found = tuple(classes)
     identity = (len(targets), pool_fingerprint(targets, names))
@@ -164,9 +170,7 @@ def _load_image_folder(root: Path, size: int, classes: tuple[str, ...] | None = 
     if not found:
         raise FileNotFoundError(f"{root} holds no class subfolders")
     classes = classes or found
-    unknown = set(found) - set(classes)
-    if unknown:
-        raise ValueError(f"{root} has classes the model does not know: {sorted(unknown)}")
+    _refuse_unknown_classes(root, found, classes)
     paths, labels = [], []
     for index, name in enumerate(classes):
         folder = root / name

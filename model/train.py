@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from model.budget import fit_curve
@@ -165,10 +165,9 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(out: Path, model: torch.nn.Module, optim: torch.optim.Optimizer, gen: torch.Generator) -> dict:
-    path = out / "checkpoint.safetensors"
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:  # one read: tensors and state
         embedded = (f.metadata() or {}).get("state")
-    tensors = load_file(str(path))
+        tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     for i, p in enumerate(model.parameters()):
         if f"optim.{i}" in tensors:

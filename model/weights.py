@@ -77,6 +77,15 @@ class ModelCard(_Frozen):
         return MSDNetConfig.from_dict(self.config)
 
     @property
+    def validation_pool(self) -> tuple[int, str] | None:
+        """(size, fingerprint) of the images the validation split was carved from, where the card
+        records it (``load_split(expect_pool=...)`` refuses any other pool for train and val)."""
+        v = self.validation
+        if "pool_size" in v and "pool_fingerprint" in v:
+            return int(v["pool_size"]), str(v["pool_fingerprint"])
+        return None
+
+    @property
     def exit_mflops(self) -> list[float]:
         return [e.mflops for e in self.exits]
 

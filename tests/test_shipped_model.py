@@ -27,8 +27,8 @@ def test_classifies_held_out_cifar10_images_well_above_chance(shared_cifar10: Pa
     model, card = load_model("default")
     # The card names the pool its validation split was carved from: ../shared's is that pool, so "val"
     # here is the held-out split, not images the model trained on.
-    pool = (card.validation["pool_size"], card.validation["pool_fingerprint"])
-    val = load_split(shared_cifar10, "val", classes=tuple(card.classes), expect_pool=pool)
+    assert card.validation_pool is not None
+    val = load_split(shared_cifar10, "val", classes=tuple(card.classes), expect_pool=card.validation_pool)
     sample = val.subset(torch.arange(0, len(val), 16))  # ~300 images the model never trained on
     probs = exit_probabilities(model, sample, card.mean, card.std)
     accuracy = [(p.argmax(1) == sample.labels).float().mean().item() for p in probs]
