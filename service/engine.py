@@ -79,6 +79,7 @@ class Job:
     seq: int = 0
     superseded: bool = False
     finished: bool = False  # on_done has run (or is running): it runs once, whoever finishes the job
+    finished_at: float | None = None  # engine clock when it finished: the answer's hand-off starts here
     exits_done: int = 0
     compute_s: float = 0.0
     latest: list[ExitResult] = field(default_factory=list)
@@ -393,6 +394,7 @@ class Engine:
             if job.finished:
                 return
             job.finished = True
+            job.finished_at = self.clock()
             if job in self._jobs:
                 self._jobs.remove(job)
             if self._current_tick is job:

@@ -53,6 +53,11 @@ class ServiceMetrics:
         self.missed_ticks = r.counter("anytime_missed_ticks_total", "Ticks skipped because the scheduler woke late.")
         self.tick_jobs = r.counter("anytime_tick_jobs_total", "Camera batches by how they ended.")
         self.classify_latency = r.histogram("anytime_classify_latency_ms", "POST /classify elapsed time.", _MS_BUCKETS)
+        self.classify_handoff = r.histogram(
+            "anytime_classify_handoff_ms",
+            "Engine's answer to the request's coroutine (kept back from later deadlines).",
+            _LATENESS_BUCKETS,
+        )
         self.classify_requests = r.counter("anytime_classify_requests_total", "POST /classify by status code.")
         self.classify_exit = r.histogram(
             "anytime_classify_exit_depth", "Exit reached by /classify answers.", range(1, exits_total + 1)
