@@ -179,19 +179,32 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
 
 # ANYTIME_* variables that belong to the client (``anytime classify/watch``), not to the service.
 CLIENT_ENVIRONMENT = ("ANYTIME_URL",)
+# Kubernetes gives every container variables for each Service of its namespace ("service links"): a
+# Service named "anytime" brings ANYTIME_SERVICE_HOST, ANYTIME_PORT_8000_TCP_ADDR and the like, which
+# are not settings, and ANYTIME_PORT=tcp://10.0.0.7:8000, which clashes with one (see below).
+_SERVICE_LINK = re.compile(r"ANYTIME_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
 
 
 def _check_environment(environ: Mapping[str, str]) -> None:
     """Refuse ``ANYTIME_*`` variables that name no setting, as the YAML file refuses unknown keys.
 
     pydantic-settings ignores them, so a typo such as ``ANYTIME_TOKNE`` would start the service with
-    no authentication at all, and ``ANYTIME_CAMERA`` with only the synthetic camera."""
+    no authentication at all, and ``ANYTIME_CAMERA`` with only the synthetic camera. Kubernetes'
+    service-link variables pass; its ``ANYTIME_PORT=tcp://...`` gets a message that says what it is."""
+    port = environ.get("ANYTIME_PORT", "")
+    if re.match(r"(tcp|udp|sctp)://", port, re.IGNORECASE):
+        raise SettingsError(
+            f"ANYTIME_PORT is {port!r}: a Kubernetes service link for a Service named 'anytime', not a "
+            "port number. Set ANYTIME_PORT explicitly in the container's env (it takes precedence), set "
+            "enableServiceLinks: false in the pod spec, or give the Service another name"
+        )
     known = {name.upper() for name in Settings.model_fields}
     unknown = sorted(
         name
         for name in environ
         if name.upper().startswith("ANYTIME_")
         and name.upper() not in CLIENT_ENVIRONMENT
+        and not _SERVICE_LINK.fullmatch(name.upper())
         and name.upper().removeprefix("ANYTIME_").split("__")[0] not in known
     )
     if unknown:

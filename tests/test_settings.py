@@ -144,6 +144,29 @@ def test_an_unknown_environment_variable_is_refused(monkeypatch: pytest.MonkeyPa
     assert load_settings().token.get_secret_value() == "s3cret"
 
 
+def test_kubernetes_service_links_pass_and_their_port_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Service named "anytime" gives its pods these variables; they are not typos."""
+    links = {
+        "ANYTIME_SERVICE_HOST": "10.0.0.7",
+        "ANYTIME_SERVICE_PORT": "8000",
+        "ANYTIME_SERVICE_PORT_HTTP": "8000",
+        "ANYTIME_PORT_8000_TCP": "tcp://10.0.0.7:8000",
+        "ANYTIME_PORT_8000_TCP_PROTO": "tcp",
+        "ANYTIME_PORT_8000_TCP_PORT": "8000",
+        "ANYTIME_PORT_8000_TCP_ADDR": "10.0.0.7",
+    }
+    for name, value in links.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ANYTIME_PORT", "tcp://10.0.0.7:8000")
+    with pytest.raises(SettingsError, match=r"ANYTIME_PORT is 'tcp://10.0.0.7:8000': a Kubernetes service link"):
+        load_settings()
+    monkeypatch.setenv("ANYTIME_PORT", "9000")  # set in the container's env, it wins over the link
+    assert load_settings().port == 9000
+    monkeypatch.setenv("ANYTIME_SERVICE_HOSTS", "x")  # near a link's name is still a typo
+    with pytest.raises(SettingsError, match=r"unknown environment variable.*ANYTIME_SERVICE_HOSTS"):
+        load_settings()
+
+
 def test_a_token_is_stripped_so_a_header_can_match_it(tmp_path: Path) -> None:
     """HTTP strips the header value, and a YAML block scalar ends in a newline."""
     settings = load_settings(write_yaml(tmp_path, "token: |\n  s3cret\n"))
