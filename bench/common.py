@@ -64,6 +64,7 @@ SECTIONS = (
     "anytime_vs_static_contended",
     "scheduler",
     "classify",
+    "classify_trace",
     "overheads",
     "budgeted",
     "soak",

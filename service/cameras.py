@@ -17,7 +17,8 @@ import numpy as np
 
 from service.config import CameraConfig
 from service.frames import CameraState, CameraStatus, Frame
-from service.sources import FrameSource, SourceError, make_source, redact
+from service.redact import redact_url
+from service.sources import FrameSource, SourceError, make_source
 
 __all__ = ["CameraManager", "CameraReader", "LatestFrameMailbox", "backoff_delay"]
 
@@ -162,7 +163,7 @@ class CameraReader:
             error_at = last_at + self._stall_limit if last_at is not None else None
         return CameraStatus(
             camera_id=self.camera_id,
-            source=redact(self.config.source),
+            source=redact_url(self.config.source),
             state=state,
             fps=_rate(recent, now, self._fps_window),
             frames=frames,
@@ -278,7 +279,7 @@ class CameraReader:
             self._state = CameraState.LIVE
             seq = self._frames
         if became_live:
-            logger.info("camera %s live (%s)", self.camera_id, redact(self.config.source))
+            logger.info("camera %s live (%s)", self.camera_id, redact_url(self.config.source))
         self._flowed = True
         return seq
 

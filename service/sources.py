@@ -12,19 +12,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
 from service.config import URL_SCHEMES, CameraConfig
+from service.redact import redact_url
 
-__all__ = ["FrameSource", "OpenCVSource", "SourceError", "SyntheticSource", "make_source", "redact"]
+__all__ = ["FrameSource", "OpenCVSource", "SourceError", "SyntheticSource", "make_source"]
 
 DEFAULT_FPS = 25.0  # synthetic pattern, and video files whose container does not say
 NETWORK_TIMEOUT_S = 10.0  # FFmpeg open/read timeout, so a dead stream fails instead of hanging the reader
 _SYNTHETIC = re.compile(r"synthetic(?::(\d+)x(\d+))?")
-_SECRET_QUERY_KEYS = {"password", "pass", "pwd", "passwd", "token", "key", "secret", "auth", "apikey", "api_key"}
 
 
 class SourceError(RuntimeError):
@@ -167,12 +166,12 @@ class OpenCVSource:
         self._pacer: _Pacer | None = None
 
     def __repr__(self) -> str:
-        return f"OpenCVSource({redact(self.source)!r}, loop={self.loop})"
+        return f"OpenCVSource({redact_url(self.source)!r}, loop={self.loop})"
 
     def _describe(self) -> str:
         if self._is_device:
             return f"camera device {self.source}"
-        return f"stream {redact(self.source)}" if self._is_url else f"video file {self.source}"
+        return f"stream {redact_url(self.source)}" if self._is_url else f"video file {self.source}"
 
     def open(self) -> None:
         self.close()
@@ -280,21 +279,3 @@ def make_source(config: CameraConfig) -> FrameSource:
         height = int(match.group(2)) if match.group(2) else config.height
         return SyntheticSource(width, height, fps=config.fps or DEFAULT_FPS)
     return OpenCVSource(config.source, loop=config.loop)
-
-
-def redact(source: str) -> str:
-    """``rtsp://user:pw@host/x?token=t`` -> ``rtsp://***@host/x?token=***``; anything else unchanged."""
-    if "://" not in source:
-        return source
-    try:
-        parts = urlsplit(source)
-        netloc = parts.netloc
-        if "@" in netloc:
-            netloc = "***@" + netloc.rsplit("@", 1)[1]
-        query = parts.query
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
-            query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return source.split("://", 1)[0] + "://***"

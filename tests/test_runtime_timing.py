@@ -49,3 +49,4 @@ def test_classify_records_its_handoff_and_the_heap_is_frozen_while_serving(tiny_
         assert runtime.metrics.classify_handoff.count() == 3
         assert len(runtime._handoffs) == 3
     assert gc.get_freeze_count() == 0  # stopped: what start-up froze can be collected again
+

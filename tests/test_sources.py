@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from service.config import CameraConfig
-from service.sources import FrameSource, OpenCVSource, SourceError, SyntheticSource, make_source, redact
+from service.redact import redact_url
+from service.sources import FrameSource, OpenCVSource, SourceError, SyntheticSource, make_source
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
 CLIP_FRAMES = 4
@@ -172,4 +173,4 @@ def test_read_before_open_raises() -> None:
     ],
 )
 def test_redact_hides_credentials(source: str, shown: str) -> None:
-    assert redact(source) == shown
+    assert redact_url(source) == shown
