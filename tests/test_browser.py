@@ -58,12 +58,16 @@ def browser() -> Iterator[Any]:
 class LiveServer:
     """uvicorn in a background thread on a free port, for as long as the ``with`` block lasts."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0, token: str = TOKEN) -> None:
         import uvicorn
 
         # Bind first and hand uvicorn the socket: no window in which another process can take the port.
+        # (``port``: the port of a server that has just stopped, to play a restart.)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.port = self.sock.getsockname()[1]
+        self.token = token
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, ws_ping_interval=None)
         self.server = uvicorn.Server(config)
@@ -77,7 +81,7 @@ class LiveServer:
             assert time.monotonic() < deadline, "the service was not ready within 20 s"
             try:
                 # 503 until the model is loaded; the token is ignored when none is configured.
-                if httpx.get(f"{self.url}/ready", params={"token": TOKEN}, timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/ready", params={"token": self.token}, timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -279,3 +283,39 @@ def test_a_stream_that_died_is_restarted_when_its_camera_comes_back(
             assert _video_moves(page, img, 5000), "the picture did not move again after the camera came back"
         finally:
             page.close()
+
+
+@pytest.mark.parametrize(
+    ("restarted_with", "state", "advice"),
+    [
+        ({"token": TOKEN, "cameras": [{"id": "other", "source": "synthetic"}]}, "removed", "reload the page"),
+        ({"token": "a-new-token", "cameras": [{"id": "gone", "source": "synthetic"}]}, "not authorised", "token"),
+    ],
+    ids=["camera-removed", "token-changed"],
+)
+def test_a_tile_stops_when_a_restarted_service_refuses_it(
+    browser: Any, tiny_classifier: Any, restarted_with: dict, state: str, advice: str
+) -> None:
+    """Restarted without the page's camera (4404) or with another token (4401), the service will refuse
+    every reconnection: the tile stops retrying and the page says what to do."""
+    before = {"token": TOKEN, "cameras": [{"id": "gone", "source": "synthetic"}]}
+    page = browser.new_page(viewport={"width": 960, "height": 600})
+    try:
+        with LiveServer(create_app(load_settings(tick_hz=10, **before), classifier=tiny_classifier)) as first:
+            page.goto(first.url + f"/?token={TOKEN}", timeout=TIMEOUT_MS)
+            tile = page.locator('.tile[data-camera="gone"]')
+            page.wait_for_function("el => +el.dataset.updates > 0", arg=tile.element_handle(), timeout=TIMEOUT_MS)
+            port = first.port
+        app = create_app(load_settings(tick_hz=10, **restarted_with), classifier=tiny_classifier)
+        with LiveServer(app, port=port, token=restarted_with["token"]):
+            page.wait_for_function(
+                "el => el.dataset.ws === 'closed'", arg=tile.element_handle(), timeout=2 * TIMEOUT_MS
+            )
+            assert tile.get_attribute("data-state") == state
+            assert advice in page.get_by_test_id("error").inner_text()
+            updates = tile.get_attribute("data-updates")
+            page.wait_for_timeout(2500)  # a retry would have come after 1 or 2 s
+            assert tile.get_attribute("data-ws") == "closed" and tile.get_attribute("data-updates") == updates
+            assert tile.locator("img.video").get_attribute("src") is None  # the picture stopped asking too
+    finally:
+        page.close()

@@ -9,6 +9,12 @@ const TOKEN = new URLSearchParams(location.search).get("token");
 const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
 const CLOSE_REASONS = { 1013: "server full", 4401: "access token rejected", 4404: "unknown camera" };
+// Close codes after which reconnecting cannot help (the service restarted with another token, or without
+// this camera): the tile stops and the page says what to do instead of retrying every 30 s for ever.
+const FINAL_CLOSES = {
+  4401: () => "The access token was rejected: the service's token has changed. Open this page as /?token=YOUR_TOKEN.",
+  4404: (id) => `Camera "${id}" no longer exists on the service: reload the page to see its cameras.`,
+};
 // A browser opens at most 6 HTTP/1.1 connections per host, and an endless MJPEG response holds one for
 // as long as the page lives: with more cameras than this, tiles poll single snapshots instead, so every
 // picture and every other request (the camera list, a reload) still gets a connection.
@@ -47,6 +53,7 @@ class Tile {
     this.updates = 0;
     this.wsFailures = 0; // consecutive websocket failures; reset by a message, not by a mere open
     this.videoFailures = 0;
+    this.closed = false; // the service said reconnecting cannot help (FINAL_CLOSES)
     this.pipCount = -1;
     this.root = document.getElementById("tile-template").content.firstElementChild.cloneNode(true);
     this.root.dataset.camera = camera.id;
@@ -89,6 +96,7 @@ class Tile {
 
   retryVideo() {
     clearTimeout(this.videoTimer);
+    if (this.closed) return;
     this.videoTimer = setTimeout(() => this.startVideo(true), backoff(this.videoFailures++));
   }
 
@@ -110,6 +118,16 @@ class Tile {
   }
 
   reconnect(event) {
+    const final = FINAL_CLOSES[event.code];
+    if (final) {
+      this.closed = true;
+      clearTimeout(this.videoTimer);
+      this.img.removeAttribute("src"); // the stream would be refused as well
+      this.setWs("closed", `closed (${CLOSE_REASONS[event.code]})`);
+      this.setState(event.code === 4401 ? "not authorised" : "removed");
+      showError(final(this.id));
+      return;
+    }
     const delay = backoff(this.wsFailures++);
     const why = CLOSE_REASONS[event.code] || `code ${event.code}`;
     this.setWs("reconnecting", `disconnected (${why}); retrying in ${delay / 1000} s`);
