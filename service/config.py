@@ -162,8 +162,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     path = None if config_file is None else Path(config_file)
     if path is not None:
         _check_yaml_file(path)
-    _check_environment(os.environ)
     given = {key: value for key, value in overrides.items() if value is not None}
+    _check_environment(os.environ, port_given="port" in given)
     token = _yaml_file.set(path)
     try:
         return Settings(**given)
@@ -185,18 +185,19 @@ CLIENT_ENVIRONMENT = ("ANYTIME_URL",)
 _SERVICE_LINK = re.compile(r"ANYTIME_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT_\d+_(TCP|UDP|SCTP)(_\w+)?)")
 
 
-def _check_environment(environ: Mapping[str, str]) -> None:
+def _check_environment(environ: Mapping[str, str], port_given: bool = False) -> None:
     """Refuse ``ANYTIME_*`` variables that name no setting, as the YAML file refuses unknown keys.
 
     pydantic-settings ignores them, so a typo such as ``ANYTIME_TOKNE`` would start the service with
     no authentication at all, and ``ANYTIME_CAMERA`` with only the synthetic camera. Kubernetes'
-    service-link variables pass; its ``ANYTIME_PORT=tcp://...`` gets a message that says what it is."""
-    port = environ.get("ANYTIME_PORT", "")
-    if re.match(r"(tcp|udp|sctp)://", port, re.IGNORECASE):
+    service-link variables pass; its ``ANYTIME_PORT=tcp://...`` gets a message that says what it is,
+    unless a ``--port`` flag (``port_given``), which wins over the environment, makes it irrelevant."""
+    port = next((value for name, value in environ.items() if name.upper() == "ANYTIME_PORT"), "")
+    if not port_given and re.match(r"(tcp|udp|sctp)://", port, re.IGNORECASE):
         raise SettingsError(
             f"ANYTIME_PORT is {port!r}: a Kubernetes service link for a Service named 'anytime', not a "
-            "port number. Set ANYTIME_PORT explicitly in the container's env (it takes precedence), set "
-            "enableServiceLinks: false in the pod spec, or give the Service another name"
+            "port number. Pass --port, set ANYTIME_PORT explicitly in the container's env (it takes "
+            "precedence), set enableServiceLinks: false in the pod spec, or give the Service another name"
         )
     known = {name.upper() for name in Settings.model_fields}
     unknown = sorted(

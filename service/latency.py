@@ -43,6 +43,11 @@ class RecentSeconds:
     def add(self, seconds: float) -> None:
         self._samples.append((self.clock(), seconds))
 
+    def recent(self) -> int:
+        """How many samples are younger than ``horizon_s``."""
+        cutoff = self.clock() - self.horizon_s
+        return sum(1 for t, _ in self._samples if t >= cutoff)
+
     def estimate(self) -> float | None:
         """The ``quantile`` of the samples younger than ``horizon_s``; their median once all are older
         (so one outlier stops counting); None before the first sample."""

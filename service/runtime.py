@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,33 @@ def _completion() -> tuple[asyncio.Future[tuple[Job, Outcome]], Callable[[Job, O
     return done, on_done
 
 
+_frozen_by = 0  # runtimes started and not stopped: the heap stays frozen while any of them runs
+_freeze_lock = threading.Lock()
+
+
+def _freeze_heap() -> None:
+    """Collect, then move every object alive into the collector's permanent generation.
+
+    What start-up built (torch, the model, FastAPI: some 200,000 objects) lives as long as the process,
+    yet a full collection walks it all, about 100 ms on the development machine with the GIL held and
+    every thread stalled; frozen, a full collection takes 0.01 ms. Called before the service's threads
+    start, so the collection's own pause delays nothing."""
+    global _frozen_by
+    with _freeze_lock:
+        gc.collect()
+        gc.freeze()
+        _frozen_by += 1
+
+
+def _thaw_heap() -> None:
+    """Undo :func:`_freeze_heap` once the last runtime has stopped (tests start many in one process)."""
+    global _frozen_by
+    with _freeze_lock:
+        _frozen_by = max(0, _frozen_by - 1)
+        if _frozen_by == 0:
+            gc.unfreeze()
+
+
 class Runtime:
     # Time kept back from a /classify deadline for the answer's trip from the engine thread to the
     # request's coroutine (a wake-up of the event loop, which needs the GIL and a core that the
@@ -65,6 +93,11 @@ class Runtime:
     # requests on 2 cores (docs/benchmarks.md, "Where late /classify answers lose their time").
     MIN_RESPONSE_MARGIN_S = 0.002
     MAX_RESPONSE_MARGIN_S = 0.020
+    # Below this many trips in the last minute there is no tail to speak of (the 99th percentile of a
+    # few is their maximum, and one slow trip would hold the margin up for a minute): the floor applies.
+    MIN_RECENT_HANDOFFS = 100
+    # Never more than this share of the deadline, so the engine's deadline never falls before receipt.
+    MAX_MARGIN_SHARE = 0.2
     # A block takes milliseconds and ticks come every 100 ms: seconds of either silence is a fault.
     ENGINE_STALL_S = 10.0
     TICK_STALL_S = 5.0
@@ -88,6 +121,7 @@ class Runtime:
         self.metrics: ServiceMetrics | None = None
         self.ready = False
         self._handoffs = RecentSeconds(window=256, quantile=0.99, horizon_s=60.0, clock=clock)
+        self._froze_heap = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -101,6 +135,8 @@ class Runtime:
         self.engine = Engine(self.classifier, clock=self.clock)
         # Camera ticks run at the number of cameras; /classify requests batch up to 16.
         self.engine.warm_up(sorted({1, 2, 4, 8, 16, len(self.settings.cameras)}))
+        _freeze_heap()
+        self._froze_heap = True
         self.engine.start()
         self.cameras.start_all()
         self.scheduler = TickScheduler(
@@ -115,17 +151,14 @@ class Runtime:
             on_job_done=lambda job, outcome: metrics.tick_jobs.inc(outcome=outcome.value),
         )
         self.scheduler.start()
-        # Everything built so far (torch, the model, FastAPI) lives as long as the process: a full
-        # garbage collection walked its ~200,000 objects in about 100 ms with the GIL held, stalling
-        # every thread (late ticks, /classify answers 130 ms late). Frozen, later collections skip it.
-        gc.collect()
-        gc.freeze()
         self.ready = True
 
     def stop(self) -> None:
         """Stop every thread and release every camera (well within 5 s)."""
         self.ready = False
-        gc.unfreeze()  # what start() froze is collectable again (a process may start another runtime)
+        if self._froze_heap:
+            self._froze_heap = False
+            _thaw_heap()
         if self.scheduler is not None:
             self.scheduler.stop(timeout=1.0)
         self.cameras.stop_all(timeout=2.0)
@@ -177,7 +210,7 @@ class Runtime:
         engine = self.engine
         if engine is None or not self.ready:
             raise Overloaded("the model is not loaded yet", retry_after_s=1.0)
-        deadline = received_at + deadline_ms / 1000 - self.response_margin()
+        deadline = received_at + deadline_ms / 1000 - self.response_margin(deadline_ms)
         if engine.pending(JobKind.CLASSIFY) >= self.settings.max_pending_classify:
             raise Overloaded(f"{self.settings.max_pending_classify} requests are already waiting", 1.0)
         wait = engine.estimated_wait(deadline)
@@ -205,10 +238,13 @@ class Runtime:
         elapsed_ms = (answered_at - received_at) * 1000
         return classify_response(job.latest[0], elapsed_ms, deadline_ms)
 
-    def response_margin(self) -> float:
-        """Seconds kept back from a deadline for the answer's hand-off (see MIN_RESPONSE_MARGIN_S)."""
-        measured = self._handoffs.estimate() or 0.0
-        return min(self.MAX_RESPONSE_MARGIN_S, max(self.MIN_RESPONSE_MARGIN_S, measured))
+    def response_margin(self, deadline_ms: float) -> float:
+        """Seconds kept back from a /classify deadline of ``deadline_ms`` for the answer's hand-off (see
+        MIN_RESPONSE_MARGIN_S and the bounds after it)."""
+        enough = self._handoffs.recent() >= self.MIN_RECENT_HANDOFFS
+        measured = (self._handoffs.estimate() or 0.0) if enough else 0.0
+        margin = min(self.MAX_RESPONSE_MARGIN_S, max(self.MIN_RESPONSE_MARGIN_S, measured))
+        return min(margin, self.MAX_MARGIN_SHARE * deadline_ms / 1000)
 
     def _record_handoff(self, job: Job, answered_at: float) -> None:
         if job.finished_at is None:
@@ -238,7 +274,9 @@ class Runtime:
         waiting = engine.pending(JobKind.BATCH)
         if waiting + len(images) > self.settings.max_batch_images:
             raise Overloaded(f"{waiting} batch images are already waiting", retry_after_s=5.0)
-        deadline = received_at + deadline_ms / 1000 - self.response_margin()
+        # The measured margin is the trip of one answer to one request; a batch keeps the floor back.
+        margin = min(self.MIN_RESPONSE_MARGIN_S, self.MAX_MARGIN_SHARE * deadline_ms / 1000)
+        deadline = received_at + deadline_ms / 1000 - margin
 
         def confident(result: ExitResult) -> bool:
             return result.exit < len(limits) + 1 and result.confidence >= limits[result.exit - 1]

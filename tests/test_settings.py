@@ -160,6 +160,8 @@ def test_kubernetes_service_links_pass_and_their_port_is_explained(monkeypatch: 
     monkeypatch.setenv("ANYTIME_PORT", "tcp://10.0.0.7:8000")
     with pytest.raises(SettingsError, match=r"ANYTIME_PORT is 'tcp://10.0.0.7:8000': a Kubernetes service link"):
         load_settings()
+    # The Dockerfile's command passes --port, which wins over the environment: the link is harmless then.
+    assert load_settings(port=8000).port == 8000
     monkeypatch.setenv("ANYTIME_PORT", "9000")  # set in the container's env, it wins over the link
     assert load_settings().port == 9000
     monkeypatch.setenv("ANYTIME_SERVICE_HOSTS", "x")  # near a link's name is still a typo
