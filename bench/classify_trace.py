@@ -180,7 +180,8 @@ def markdown(data: dict[str, Any], quick: bool) -> str:
             "per run, each run a fresh service with its default synthetic camera; variants alternated. Every "
             "answer is traced: the engine's finish against the deadline it planned for (the request's deadline "
             "less the margin) and the hand-off from the engine thread to the request's coroutine. `measured` is "
-            "the service as it is (margin = p99 of recent hand-offs, 2 to 20 ms; heap frozen after start-up); "
+            "the service as it is (margin = p99 of recent hand-offs, 2 to 20 ms, see `Runtime.response_margin`; "
+            "heap frozen at start-up); "
             "`fixed-2ms` is the service before 2026-11-27 (2 ms margin, no collection and freeze after "
             "start-up)." + caveat,
             "",
