@@ -96,8 +96,8 @@ class Runtime:
     # Below this many trips in the last minute there is no tail to speak of (the 99th percentile of a
     # few is their maximum, and one slow trip would hold the margin up for a minute): the floor applies.
     MIN_RECENT_HANDOFFS = 100
-    # Never more than this share of the deadline, so the engine's deadline never falls before receipt
-    # (a fifth cost the 20 ms deadlines on-time answers under load: 4 ms against trips of 6 to 8 ms).
+    # Never more than this share of the deadline, so the engine's deadline never falls before receipt;
+    # half, so that a 20 ms deadline can still keep back the 6 to 8 ms trips measured under load.
     MAX_MARGIN_SHARE = 0.5
     # A block takes milliseconds and ticks come every 100 ms: seconds of either silence is a fault.
     ENGINE_STALL_S = 10.0
