@@ -361,8 +361,9 @@ class Engine:
         return batch
 
     def _should_yield(self, job: Job, guaranteed: bool) -> bool:
-        """Checked between layers: give up the model now? An interrupted block is kept and
-        resumes when this job is picked again, so yielding wastes nothing."""
+        """Checked between layers: give up the model now? An interrupted block is kept and resumes
+        when this job is picked again, if a whole block's predicted time still fits before its deadline
+        (_predict_next_block); otherwise the job answers with the exit it has and the part is lost."""
         if self._stop.is_set() or (job.superseded and not guaranteed):
             return True
         with self._cond:
