@@ -55,6 +55,14 @@ def test_ready_cameras_model_and_metrics(client: TestClient) -> None:
     assert "anytime_publish_lateness_ms_bucket" in text
 
 
+def test_the_readme_lists_every_metric() -> None:
+    from service.telemetry import ServiceMetrics
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    names = [metric.name for metric in ServiceMetrics(5, list, dict).registry._metrics]
+    assert names and [name for name in names if f"| `{name}` |" not in readme] == []
+
+
 def test_websocket_receives_one_message_per_tick(client: TestClient) -> None:
     with client.websocket_connect("/ws/cameras/synthetic") as ws:
         messages = [CameraPrediction.model_validate_json(ws.receive_text()) for _ in range(8)]
