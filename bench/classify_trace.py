@@ -15,11 +15,13 @@ round in a fresh service, so they share the host's hour:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import gc
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,9 @@ WARMUP_S = 2.0
 _received: contextvars.ContextVar[float] = contextvars.ContextVar("received")
 
 
-def _traced_runtime(variant: str, answers: list[dict[str, float]]) -> list[Any]:
-    """Patch the runtime to record every answer (and to act as ``variant``); returns the undo list."""
+@contextlib.contextmanager
+def traced_runtime(variant: str, answers: list[dict[str, float]]) -> Iterator[None]:
+    """While inside, the runtime records every answer into ``answers`` (and acts as ``variant``)."""
     import service.runtime as runtime_module
     from service.runtime import Runtime
 
@@ -77,7 +80,11 @@ def _traced_runtime(variant: str, answers: list[dict[str, float]]) -> list[Any]:
         ]
         Runtime.response_margin = lambda self, deadline_ms: 0.002
         runtime_module._freeze_heap = lambda: None  # (and _thaw_heap, finding nothing frozen, unfreezes nothing)
-    return saved
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
 
 
 def _full_collections() -> tuple[list[float], Any]:
@@ -130,18 +137,12 @@ def run(variant: str, images_file: str, deadline_ms: float, concurrency: int, du
     from service.config import load_settings
 
     answers: list[dict[str, float]] = []
-    saved = _traced_runtime(variant, answers)
-    try:
-        app = create_app(load_settings())
-        with ServerThread(app) as server:
-            pauses, callback = _full_collections()
-            try:
-                cell = run_cell(server.url, images_file, deadline_ms, concurrency, duration, warmup=WARMUP_S)
-            finally:
-                gc.callbacks.remove(callback)
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
+    with traced_runtime(variant, answers), ServerThread(create_app(load_settings())) as server:
+        pauses, callback = _full_collections()
+        try:
+            cell = run_cell(server.url, images_file, deadline_ms, concurrency, duration, warmup=WARMUP_S)
+        finally:
+            gc.callbacks.remove(callback)
     # The client leaves its warm-up out of its records; so does the trace (the margin is still learning).
     start = min((a["received"] for a in answers), default=0.0) + WARMUP_S
     statuses = [record[0] for record in cell["records"]]

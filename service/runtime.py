@@ -243,8 +243,12 @@ class Runtime:
         """Seconds kept back from a /classify deadline of ``deadline_ms`` for the answer's hand-off (see
         MIN_RESPONSE_MARGIN_S and the bounds after it)."""
         enough = self._handoffs.recent() >= self.MIN_RECENT_HANDOFFS
-        measured = (self._handoffs.estimate() or 0.0) if enough else 0.0
-        margin = min(self.MAX_RESPONSE_MARGIN_S, max(self.MIN_RESPONSE_MARGIN_S, measured))
+        return self._bounded_margin((self._handoffs.estimate() or 0.0) if enough else 0.0, deadline_ms)
+
+    def _bounded_margin(self, measured_s: float, deadline_ms: float) -> float:
+        """``measured_s`` within [MIN_RESPONSE_MARGIN_S, MAX_RESPONSE_MARGIN_S], and at most
+        MAX_MARGIN_SHARE of the deadline."""
+        margin = min(self.MAX_RESPONSE_MARGIN_S, max(self.MIN_RESPONSE_MARGIN_S, measured_s))
         return min(margin, self.MAX_MARGIN_SHARE * deadline_ms / 1000)
 
     def _record_handoff(self, job: Job, answered_at: float) -> None:
@@ -276,8 +280,7 @@ class Runtime:
         if waiting + len(images) > self.settings.max_batch_images:
             raise Overloaded(f"{waiting} batch images are already waiting", retry_after_s=5.0)
         # The measured margin is the trip of one answer to one request; a batch keeps the floor back.
-        margin = min(self.MIN_RESPONSE_MARGIN_S, self.MAX_MARGIN_SHARE * deadline_ms / 1000)
-        deadline = received_at + deadline_ms / 1000 - margin
+        deadline = received_at + deadline_ms / 1000 - self._bounded_margin(0.0, deadline_ms)
 
         def confident(result: ExitResult) -> bool:
             return result.exit < len(limits) + 1 and result.confidence >= limits[result.exit - 1]

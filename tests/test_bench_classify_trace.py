@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.classify_trace import _traced_runtime, summarise
+from bench.classify_trace import summarise, traced_runtime
 from service.runtime import Runtime
 
 
@@ -47,11 +47,7 @@ def test_the_patches_are_undone(variant: str) -> None:
         return Runtime.classify, Runtime._record_handoff, Runtime.response_margin, runtime_module._freeze_heap
 
     before = patched()
-    saved = _traced_runtime(variant, [])
-    try:
+    with traced_runtime(variant, []):
         assert Runtime.classify is not before[0]
         assert (Runtime.response_margin is before[2]) == (variant == "measured")
-    finally:
-        for owner, name, value in saved:
-            setattr(owner, name, value)
     assert patched() == before
